@@ -1,0 +1,261 @@
+"""One warm headless Chromium rendering many model-written pages at once.
+
+A render: open a fresh page (its own renderer process) in a recycled browser context, load the HTML with
+set_content, take the screenshots at the scheduled times by advancing the page's virtual clock (page_clock.js; no
+wall-clock waiting), summarise the DOM, decide validity. Everything under one deadline, raced
+against the page's crash event and the browser's disconnection, so a hostile page costs at most its deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+from playwright.async_api import BrowserContext, Page, async_playwright
+
+from . import images, sandbox
+from .cache import ByteLRU
+from .config import RenderConfig
+from .result import RenderRequest, RenderResult
+
+_CLOCK_JS = resources.files(__package__).joinpath("page_clock.js").read_text()
+_DOM_JS = resources.files(__package__).joinpath("dom_summary.js").read_text()
+_MAX_MESSAGES = 50
+
+
+@dataclass
+class _PageLog:
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    blocked: int = 0
+
+
+class Renderer:
+    """Use as `async with Renderer(cfg) as r: result = await r.render(html)`; also the body of a farm worker."""
+
+    def __init__(self, cfg: RenderConfig | None = None):
+        self.cfg = (cfg or RenderConfig()).validate()
+        self.cache: ByteLRU[RenderResult] = ByteLRU(self.cfg.cache_mb << 20, lambda r: r.nbytes)
+        self.counters = {"pages": 0, "invalid": 0, "relaunches": 0, "shots_taken": 0, "shots_reused": 0}
+        self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        self._lock = asyncio.Lock()
+        self._pw = None
+        self._browser = None
+        self._gone: asyncio.Event | None = None  # set when the current browser disconnects
+        self._contexts: list[tuple[BrowserContext, int]] = []  # idle contexts with their use counts
+        self._logs: dict[Page, _PageLog] = {}
+        self._marker = sandbox.new_marker()
+        self._init_script = _CLOCK_JS.replace("__RELOOK_VIRTUAL__", str(self.cfg.clock == "virtual").lower())
+
+    async def __aenter__(self) -> "Renderer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        async with self._lock:
+            await self._ensure_browser()
+
+    async def close(self) -> None:
+        if self._browser is not None:
+            await self._browser.close()
+            self._browser = None
+        if self._pw is not None:
+            await self._pw.stop()
+            self._pw = None
+
+    @property
+    def browser_pid(self) -> int | None:
+        return sandbox.browser_pid(self._marker) if self._browser is not None else None
+
+    def memory_mib(self) -> float:
+        return sandbox.tree_memory_mib(self.browser_pid)
+
+    def stats(self) -> dict:
+        return {**self.counters, "cache_hits": self.cache.hits, "cache_entries": len(self.cache),
+                "cache_mb": round(self.cache.bytes / 2**20, 1), "memory_mib": round(self.memory_mib(), 1)}
+
+    async def render(self, request: RenderRequest | str) -> RenderResult:
+        req = RenderRequest(request) if isinstance(request, str) else request
+        cfg = self.cfg
+        viewport = tuple(req.viewport or (cfg.viewport_width, cfg.viewport_height))
+        times = tuple(req.shot_times if req.shot_times is not None else cfg.shot_times)
+        t0 = time.perf_counter()
+        if len(req.html.encode("utf-8", "surrogatepass")) > cfg.max_html_bytes:
+            return self._count(RenderResult(False, "too_large", shot_times=list(times),
+                                            detail=f"html is over render.max_html_bytes={cfg.max_html_bytes}"))
+        key = req.key(viewport, times, cfg.clock) if cfg.cache_mb else None
+        if key and (hit := self.cache.get(key)) is not None:
+            return RenderResult(**{**hit.__dict__, "cached": True})
+        async with self._slots:
+            queued_ms = (time.perf_counter() - t0) * 1e3
+            result = await self._render_once(req.html, viewport, times, req.deadline_s or cfg.deadline_s)
+        result.timings_ms["queue"] = round(queued_ms, 1)
+        result.timings_ms["total"] = round((time.perf_counter() - t0) * 1e3, 1)
+        if key and result.reason in (None, "blank"):  # timeouts and crashes may be load-dependent: never cached
+            self.cache.put(key, result)
+        return self._count(result)
+
+    async def render_many(self, requests: list[RenderRequest | str]) -> list[RenderResult]:
+        return list(await asyncio.gather(*(self.render(r) for r in requests)))
+
+    # -- one page -------------------------------------------------------------------------------------------------
+
+    async def _render_once(self, html: str, viewport, times, deadline_s: float) -> RenderResult:
+        async with self._lock:
+            await self._ensure_browser()
+            gone = self._gone
+        context, uses = await self._acquire_context()
+        page, crashed = None, asyncio.Event()
+        out = RenderResult(False, None, shot_times=list(times))
+        try:
+            page = await context.new_page()
+            log = self._watch(page, crashed)
+            work = asyncio.ensure_future(self._load_and_shoot(page, html, viewport, times, out))
+            waiters = [work, asyncio.ensure_future(crashed.wait()), asyncio.ensure_future(gone.wait())]
+            done, _ = await asyncio.wait(waiters, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if crashed.is_set() or gone.is_set():
+                out.reason, out.detail = "crash", "the page's renderer crashed" if crashed.is_set() else "chromium died"
+            elif work not in done:
+                out.reason, out.detail = "timeout", f"not loaded and shot within {deadline_s:g} s"
+            elif work.exception() is not None:
+                out.reason, out.detail = "load_error", f"{type(work.exception()).__name__}: {work.exception()}"[:500]
+            out.console_errors, out.page_errors, out.blocked_requests = log.console_errors, log.page_errors, log.blocked
+        except Exception as e:  # the browser went away between steps
+            out.reason, out.detail = ("crash" if gone.is_set() else "load_error"), f"{type(e).__name__}: {e}"[:500]
+        finally:
+            healthy = await self._close_page(page)
+            self._logs.pop(page, None)
+            await self._release_context(context, uses + 1, healthy and not gone.is_set())
+        if out.reason is None:
+            fractions = await asyncio.to_thread(self._blank_fractions, out.screenshots)
+            out.blank_fraction = fractions
+            if max(fractions) <= self.cfg.blank_threshold:
+                out.reason, out.detail = "blank", "nothing visible in any screenshot (one uniform colour)"
+        out.valid = out.reason is None
+        return out
+
+    async def _load_and_shoot(self, page: Page, html: str, viewport, times, out: RenderResult) -> None:
+        if tuple(viewport) != (self.cfg.viewport_width, self.cfg.viewport_height):
+            await page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+        cdp = await page.context.new_cdp_session(page)
+        virtual = self.cfg.clock == "virtual"
+        t = time.perf_counter()
+        # Commit, then wait for readyState ourselves: a page that navigates while parsing can hang "load" forever.
+        await page.set_content(html, wait_until="commit")
+        while await page.evaluate("document.readyState") != "complete":
+            await asyncio.sleep(0.005)
+        loaded = time.perf_counter()
+        out.timings_ms["load"] = round((loaded - t) * 1e3, 1)
+        elapsed = 0.0
+        for i, target in enumerate(times):
+            if virtual:  # page time moves only here: timers due by `target` run now, in order, in milliseconds
+                await page.evaluate("ms => window.__relook && window.__relook.advance(ms)", (target - elapsed) * 1000)
+            else:
+                await asyncio.sleep(max(0.0, loaded + target - time.perf_counter()))
+            elapsed = target
+            changed = await page.evaluate("window.__relook ? window.__relook.changed() : true")
+            if i > 0 and self.cfg.skip_static_shots and not changed:
+                out.screenshots.append(out.screenshots[-1])
+                self.counters["shots_reused"] += 1
+                continue
+            shot = await cdp.send("Page.captureScreenshot", {"format": "png", "optimizeForSpeed": True})
+            out.screenshots.append(base64.b64decode(shot["data"]))
+            self.counters["shots_taken"] += 1
+        out.timings_ms["shots"] = round((time.perf_counter() - loaded) * 1e3, 1)
+        out.dom = await page.evaluate(_DOM_JS, self.cfg.max_text_chars)
+
+    def _watch(self, page: Page, crashed: asyncio.Event) -> _PageLog:
+        log = self._logs[page] = _PageLog()
+
+        def console(msg):
+            if msg.type == "error" and len(log.console_errors) < _MAX_MESSAGES:
+                log.console_errors.append(msg.text[:500])
+
+        def page_error(err):
+            if len(log.page_errors) < _MAX_MESSAGES:
+                log.page_errors.append(str(err)[:500])
+
+        def websocket(_):
+            log.blocked += 1
+
+        page.on("console", console)
+        page.on("pageerror", page_error)
+        page.on("websocket", websocket)
+        page.on("crash", lambda _: crashed.set())
+        page.on("popup", lambda p: asyncio.ensure_future(p.close()))
+        page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
+        return log
+
+    async def _block(self, route) -> None:
+        """Every request a page makes is refused (the dead proxy stops what never reaches here)."""
+        try:
+            log = self._logs.get(route.request.frame.page)
+        except Exception:  # worker requests have no frame
+            log = None
+        if log is not None:
+            log.blocked += 1
+        await route.abort("blockedbyclient")
+
+    def _blank_fractions(self, shots: list[bytes]) -> list[float]:
+        memo: dict[int, float] = {}
+        return [memo.setdefault(id(s), images.non_dominant_fraction(s)) for s in shots]
+
+    def _count(self, result: RenderResult) -> RenderResult:
+        self.counters["pages"] += 1
+        self.counters["invalid"] += not result.valid
+        return result
+
+    # -- browser and contexts -------------------------------------------------------------------------------------
+
+    async def _ensure_browser(self) -> None:
+        if self._browser is not None and not self._gone.is_set():
+            return
+        if self._browser is not None:
+            self.counters["relaunches"] += 1
+            self._contexts.clear()
+        if self._pw is None:
+            self._pw = await async_playwright().start()
+        self._browser = await self._pw.chromium.launch(
+            executable_path=self.cfg.chromium_path, headless=True, chromium_sandbox=False,
+            args=sandbox.launch_args(self.cfg.js_heap_mb, self._marker))
+        gone = self._gone = asyncio.Event()
+        self._browser.on("disconnected", lambda _: gone.set())
+
+    async def _acquire_context(self) -> tuple[BrowserContext, int]:
+        if self._contexts:
+            return self._contexts.pop()
+        context = await self._browser.new_context(
+            viewport={"width": self.cfg.viewport_width, "height": self.cfg.viewport_height},
+            device_scale_factor=1, accept_downloads=False, service_workers="block",
+            locale="en-US", timezone_id="UTC", color_scheme="light")
+        await context.add_init_script(self._init_script)
+        await context.route("**/*", self._block)
+        return context, 0
+
+    async def _release_context(self, context: BrowserContext, uses: int, healthy: bool) -> None:
+        # set_content documents have opaque origins (no cookies, storage or caches survive them), and each page
+        # has its own process, so a context is reused for a while instead of paying ~200 ms of browser CPU each page.
+        if healthy and uses < self.cfg.pages_per_context:
+            self._contexts.append((context, uses))
+            return
+        try:
+            await asyncio.wait_for(context.close(), 5)
+        except Exception:
+            pass
+
+    @staticmethod
+    async def _close_page(page: Page | None) -> bool:
+        if page is None:
+            return True
+        try:
+            await asyncio.wait_for(page.close(run_before_unload=False), 5)
+            return True
+        except Exception:
+            return False

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh Debian machine (as root) or re-check an existing one.
+# Installs Debian's chromium if missing, creates .venv at the repository root and installs the project into it.
+# Idempotent: a second run only compares a stamp and returns in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: Debian's chromium is missing; run as root or 'sudo apt-get install -y chromium'" >&2; exit 1
+  fi
+  echo "setup: installing Debian's chromium" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+
+stamp=.venv/.relook-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the project into .venv (first time: a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  # The CPU torch first: otherwise a dependency's bare 'torch' pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
