@@ -19,7 +19,7 @@ class RenderConfig:
     max_html_bytes: int = 2_000_000  # larger HTML is invalid "too_large" before any page opens
     blank_threshold: float = 1e-4  # a shot is blank when fewer than this fraction of pixels differ from its dominant colour
     js_heap_mb: int = 512  # V8 old-space cap per renderer process: memory bombs crash fast instead of swapping
-    pages_per_context: int = 64  # a browser context is recycled after this many pages (each page gets its own process)
+    pages_per_context: int = 64  # a render slot (context + page + process) is recycled after this many pages
     cache_mb: int = 256  # dedup cache of results, bounded by screenshot bytes; 0 disables
     max_text_chars: int = 2000  # visible text kept in the DOM summary
     skip_static_shots: bool = True  # reuse the previous screenshot when nothing on the page could have changed

@@ -26,10 +26,21 @@ _MAX_MESSAGES = 50
 
 
 @dataclass
-class _PageLog:
+class _Slot:
+    """One render slot: a browser context holding one page (one renderer process), reused page after page."""
+    context: BrowserContext
+    page: Page
+    cdp: object
+    uses: int = 0
+    crashed: asyncio.Event = field(default_factory=asyncio.Event)
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     blocked: int = 0
+    navigated_to: str | None = None  # the page tried to leave its document
+
+    def reset(self) -> None:
+        self.crashed = asyncio.Event()
+        self.console_errors, self.page_errors, self.blocked, self.navigated_to = [], [], 0, None
 
 
 class Renderer:
@@ -44,8 +55,8 @@ class Renderer:
         self._pw = None
         self._browser = None
         self._gone: asyncio.Event | None = None  # set when the current browser disconnects
-        self._contexts: list[tuple[BrowserContext, int]] = []  # idle contexts with their use counts
-        self._logs: dict[Page, _PageLog] = {}
+        self._idle: list[_Slot] = []  # slots waiting for their next page
+        self._by_page: dict[Page, _Slot] = {}
         self._marker = sandbox.new_marker()
         self._init_script = _CLOCK_JS.replace("__RELOOK_VIRTUAL__", str(self.cfg.clock == "virtual").lower())
 
@@ -109,30 +120,31 @@ class Renderer:
         async with self._lock:
             await self._ensure_browser()
             gone = self._gone
-        context, uses = await self._acquire_context()
-        page, crashed = None, asyncio.Event()
         out = RenderResult(False, None, shot_times=list(times))
+        slot, healthy = None, False
         try:
-            page = await context.new_page()
-            log = self._watch(page, crashed)
-            work = asyncio.ensure_future(self._load_and_shoot(page, html, viewport, times, out))
-            waiters = [work, asyncio.ensure_future(crashed.wait()), asyncio.ensure_future(gone.wait())]
+            slot = await self._acquire_slot()
+            work = asyncio.ensure_future(self._load_and_shoot(slot, html, viewport, times, out))
+            waiters = [work, asyncio.ensure_future(slot.crashed.wait()), asyncio.ensure_future(gone.wait())]
             done, _ = await asyncio.wait(waiters, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-            if crashed.is_set() or gone.is_set():
-                out.reason, out.detail = "crash", "the page's renderer crashed" if crashed.is_set() else "chromium died"
+            if slot.crashed.is_set() or gone.is_set():
+                out.reason, out.detail = "crash", "the page's renderer crashed" if slot.crashed.is_set() else "chromium died"
+            elif slot.navigated_to:
+                out.reason, out.detail = "load_error", f"the page navigated away to {slot.navigated_to[:200]}"
             elif work not in done:
                 out.reason, out.detail = "timeout", f"not loaded and shot within {deadline_s:g} s"
             elif work.exception() is not None:
                 out.reason, out.detail = "load_error", f"{type(work.exception()).__name__}: {work.exception()}"[:500]
-            out.console_errors, out.page_errors, out.blocked_requests = log.console_errors, log.page_errors, log.blocked
+            else:
+                healthy = True
+            out.console_errors, out.page_errors, out.blocked_requests = slot.console_errors, slot.page_errors, slot.blocked
         except Exception as e:  # the browser went away between steps
             out.reason, out.detail = ("crash" if gone.is_set() else "load_error"), f"{type(e).__name__}: {e}"[:500]
         finally:
-            healthy = await self._close_page(page)
-            self._logs.pop(page, None)
-            await self._release_context(context, uses + 1, healthy and not gone.is_set())
+            if slot is not None:
+                await self._release_slot(slot, healthy and not gone.is_set())
         if out.reason is None:
             fractions = await asyncio.to_thread(self._blank_fractions, out.screenshots)
             out.blank_fraction = fractions
@@ -141,12 +153,14 @@ class Renderer:
         out.valid = out.reason is None
         return out
 
-    async def _load_and_shoot(self, page: Page, html: str, viewport, times, out: RenderResult) -> None:
-        if tuple(viewport) != (self.cfg.viewport_width, self.cfg.viewport_height):
+    async def _load_and_shoot(self, slot: _Slot, html: str, viewport, times, out: RenderResult) -> None:
+        page, cdp = slot.page, slot.cdp
+        if page.viewport_size != {"width": viewport[0], "height": viewport[1]}:
             await page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
-        cdp = await page.context.new_cdp_session(page)
         virtual = self.cfg.clock == "virtual"
         t = time.perf_counter()
+        if slot.uses:  # a fresh document: new Window and JS realm, the previous page's timers and state gone
+            await page.goto("about:blank")
         # Commit, then wait for readyState ourselves: a page that navigates while parsing can hang "load" forever.
         await page.set_content(html, wait_until="commit")
         while await page.evaluate("document.readyState") != "complete":
@@ -171,36 +185,40 @@ class Renderer:
         out.timings_ms["shots"] = round((time.perf_counter() - loaded) * 1e3, 1)
         out.dom = await page.evaluate(_DOM_JS, self.cfg.max_text_chars)
 
-    def _watch(self, page: Page, crashed: asyncio.Event) -> _PageLog:
-        log = self._logs[page] = _PageLog()
+    def _watch(self, slot: _Slot) -> None:
+        page = slot.page
 
         def console(msg):
-            if msg.type == "error" and len(log.console_errors) < _MAX_MESSAGES:
-                log.console_errors.append(msg.text[:500])
+            if msg.type == "error" and len(slot.console_errors) < _MAX_MESSAGES:
+                slot.console_errors.append(msg.text[:500])
 
         def page_error(err):
-            if len(log.page_errors) < _MAX_MESSAGES:
-                log.page_errors.append(str(err)[:500])
+            if len(slot.page_errors) < _MAX_MESSAGES:
+                slot.page_errors.append(str(err)[:500])
 
         def websocket(_):
-            log.blocked += 1
+            slot.blocked += 1
+
+        def navigated(frame):
+            if frame == page.main_frame and frame.url != "about:blank":
+                slot.navigated_to = slot.navigated_to or frame.url
 
         page.on("console", console)
         page.on("pageerror", page_error)
         page.on("websocket", websocket)
-        page.on("crash", lambda _: crashed.set())
+        page.on("crash", lambda _: slot.crashed.set())
+        page.on("framenavigated", navigated)
         page.on("popup", lambda p: asyncio.ensure_future(p.close()))
         page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
-        return log
 
     async def _block(self, route) -> None:
         """Every request a page makes is refused (the dead proxy stops what never reaches here)."""
         try:
-            log = self._logs.get(route.request.frame.page)
+            slot = self._by_page.get(route.request.frame.page)
         except Exception:  # worker requests have no frame
-            log = None
-        if log is not None:
-            log.blocked += 1
+            slot = None
+        if slot is not None:
+            slot.blocked += 1
         await route.abort("blockedbyclient")
 
     def _blank_fractions(self, shots: list[bytes]) -> list[float]:
@@ -219,7 +237,8 @@ class Renderer:
             return
         if self._browser is not None:
             self.counters["relaunches"] += 1
-            self._contexts.clear()
+            self._idle.clear()
+            self._by_page.clear()
         if self._pw is None:
             self._pw = await async_playwright().start()
         self._browser = await self._pw.chromium.launch(
@@ -228,34 +247,34 @@ class Renderer:
         gone = self._gone = asyncio.Event()
         self._browser.on("disconnected", lambda _: gone.set())
 
-    async def _acquire_context(self) -> tuple[BrowserContext, int]:
-        if self._contexts:
-            return self._contexts.pop()
+    async def _acquire_slot(self) -> _Slot:
+        if self._idle:
+            slot = self._idle.pop()
+            slot.reset()
+            return slot
         context = await self._browser.new_context(
             viewport={"width": self.cfg.viewport_width, "height": self.cfg.viewport_height},
             device_scale_factor=1, accept_downloads=False, service_workers="block",
             locale="en-US", timezone_id="UTC", color_scheme="light")
         await context.add_init_script(self._init_script)
         await context.route("**/*", self._block)
-        return context, 0
+        page = await context.new_page()
+        slot = _Slot(context, page, await context.new_cdp_session(page))
+        self._by_page[page] = slot
+        self._watch(slot)
+        return slot
 
-    async def _release_context(self, context: BrowserContext, uses: int, healthy: bool) -> None:
-        # set_content documents have opaque origins (no cookies, storage or caches survive them), and each page
-        # has its own process, so a context is reused for a while instead of paying ~200 ms of browser CPU each page.
-        if healthy and uses < self.cfg.pages_per_context:
-            self._contexts.append((context, uses))
+    async def _release_slot(self, slot: _Slot, healthy: bool) -> None:
+        # Why reuse: a new context costs ~200 ms and a new page (process) ~100 ms of browser CPU, more than the
+        # render. Safe because each slot's context holds exactly one page (so concurrent pages never share a
+        # process), set_content documents have opaque origins (no cookies, storage or caches to inherit), and every
+        # render starts from a fresh document. A slot that timed out, crashed or failed is thrown away.
+        slot.uses += 1
+        if healthy and slot.uses < self.cfg.pages_per_context:
+            self._idle.append(slot)
             return
+        self._by_page.pop(slot.page, None)
         try:
-            await asyncio.wait_for(context.close(), 5)
+            await asyncio.wait_for(slot.context.close(), 5)
         except Exception:
             pass
-
-    @staticmethod
-    async def _close_page(page: Page | None) -> bool:
-        if page is None:
-            return True
-        try:
-            await asyncio.wait_for(page.close(run_before_unload=False), 5)
-            return True
-        except Exception:
-            return False
