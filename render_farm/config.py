@@ -17,7 +17,7 @@ class RenderConfig:
     deadline_s: float = 10.0  # wall-clock budget for one page, load to last screenshot
     clock: str = "virtual"  # "virtual": CDP virtual time, no waiting; "real": wait in wall-clock time
     max_html_bytes: int = 2_000_000  # larger HTML is invalid "too_large" before any page opens
-    blank_threshold: float = 1e-4  # a shot is blank when fewer than this fraction of pixels differ from its dominant colour
+    blank_threshold: float = 0.0  # a shot is blank when at most this fraction of pixels differ from its dominant colour (truly blank pages measure exactly 0)
     js_heap_mb: int = 512  # V8 old-space cap per renderer process: memory bombs crash fast instead of swapping
     pages_per_context: int = 64  # a render slot (context + page + process) is recycled after this many pages
     cache_mb: int = 256  # dedup cache of results, bounded by screenshot bytes; 0 disables

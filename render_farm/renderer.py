@@ -43,6 +43,18 @@ class _Slot:
         self.console_errors, self.page_errors, self.blocked, self.navigated_to = [], [], 0, None
 
 
+async def _evaluate(page: Page, expression: str, arg=None):
+    """page.evaluate, retried when a cancelled navigation (e.g. a clicked download link) reset the execution
+    context but left the document in place; a real navigation away is caught by the framenavigated watch."""
+    for attempt in range(3):
+        try:
+            return await page.evaluate(expression, arg)
+        except Exception as e:
+            if "Execution context was destroyed" not in str(e) or attempt == 2:
+                raise
+            await asyncio.sleep(0.02)
+
+
 class Renderer:
     """Use as `async with Renderer(cfg) as r: result = await r.render(html)`; also the body of a farm worker."""
 
@@ -163,18 +175,18 @@ class Renderer:
             await page.goto("about:blank")
         # Commit, then wait for readyState ourselves: a page that navigates while parsing can hang "load" forever.
         await page.set_content(html, wait_until="commit")
-        while await page.evaluate("document.readyState") != "complete":
+        while await _evaluate(page, "document.readyState") != "complete":
             await asyncio.sleep(0.005)
         loaded = time.perf_counter()
         out.timings_ms["load"] = round((loaded - t) * 1e3, 1)
         elapsed = 0.0
         for i, target in enumerate(times):
             if virtual:  # page time moves only here: timers due by `target` run now, in order, in milliseconds
-                await page.evaluate("ms => window.__relook && window.__relook.advance(ms)", (target - elapsed) * 1000)
+                await _evaluate(page, "ms => window.__relook && window.__relook.advance(ms)", (target - elapsed) * 1000)
             else:
                 await asyncio.sleep(max(0.0, loaded + target - time.perf_counter()))
             elapsed = target
-            changed = await page.evaluate("window.__relook ? window.__relook.changed() : true")
+            changed = await _evaluate(page, "window.__relook ? window.__relook.changed() : true")
             if i > 0 and self.cfg.skip_static_shots and not changed:
                 out.screenshots.append(out.screenshots[-1])
                 self.counters["shots_reused"] += 1
@@ -183,7 +195,7 @@ class Renderer:
             out.screenshots.append(base64.b64decode(shot["data"]))
             self.counters["shots_taken"] += 1
         out.timings_ms["shots"] = round((time.perf_counter() - loaded) * 1e3, 1)
-        out.dom = await page.evaluate(_DOM_JS, self.cfg.max_text_chars)
+        out.dom = await _evaluate(page, _DOM_JS, self.cfg.max_text_chars)
 
     def _watch(self, slot: _Slot) -> None:
         page = slot.page
@@ -212,14 +224,19 @@ class Renderer:
         page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
 
     async def _block(self, route) -> None:
-        """Every request a page makes is refused (the dead proxy stops what never reaches here)."""
+        """Every request a page makes is refused locally (the dead proxy stops what never reaches here)."""
         try:
             slot = self._by_page.get(route.request.frame.page)
         except Exception:  # worker requests have no frame
             slot = None
         if slot is not None:
             slot.blocked += 1
-        await route.abort("blockedbyclient")
+        if route.request.is_navigation_request():
+            # 204 No Content tells the browser to stay on the current document: a meta refresh, location change,
+            # form submit or download click leaves the page as it was (an abort would show Chrome's error page).
+            await route.fulfill(status=204)
+        else:
+            await route.abort("blockedbyclient")
 
     def _blank_fractions(self, shots: list[bytes]) -> list[float]:
         memo: dict[int, float] = {}
