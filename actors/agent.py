@@ -1,0 +1,132 @@
+"""The agentic loop of one trajectory: generate -> render -> critique -> refine, with Forced Optimization.
+
+Token bookkeeping: the conversation is a list of token ids built exactly as generated. The policy's accepted
+completions carry loss_mask 1 and their rollout log-probs; the prompt and every feedback message (tokenised from
+the chat template's own delta, appended after the generated ids) carry 0. Rejected attempts never enter the ids.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from critic_service.critique import CritiqueRequest
+
+from .config import RolloutConfig
+from .engine import Completion, Sampling
+from .trajectory import Attempt, Trajectory, accept_revision, extract_html, format_score, reward
+
+
+class Conversation:
+    """Chat-template pieces as token ids: the prompt, and the delta that closes an assistant turn and opens the next."""
+
+    def __init__(self, tokenizer, system: str, role: str):
+        self.tok, self.system, self.role = tokenizer, system, role
+
+    def _render(self, messages, gen: bool) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, task: str) -> list[int]:
+        return self._ids(self._render(self._base(task), True))
+
+    def feedback_ids(self, task: str, completion: Completion, feedback: str) -> list[int]:
+        """Ids to append after a generated turn: end of that turn (if it was cut off), the feedback message, and
+        the next assistant header. Taken from the template's text around a placeholder, never re-tokenising
+        what the model generated."""
+        mark = "\x00TURN\x00"
+        closed = self._render(self._base(task) + [{"role": "assistant", "content": mark}], False)
+        opened = self._render(self._base(task) + [{"role": "assistant", "content": mark},
+                                                   {"role": self.role, "content": feedback}], True)
+        after_turn = closed[closed.rindex(mark) + len(mark):]  # e.g. "<|im_end|>\n"
+        eos = self.tok.eos_token or ""
+        if completion.token_ids and completion.token_ids[-1] == self.tok.eos_token_id and after_turn.startswith(eos):
+            after_turn = after_turn[len(eos):]
+        return self._ids(after_turn + opened[len(closed):])
+
+    def _base(self, task: str) -> list[dict]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": task}]
+
+
+async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
+                         generate, render, critique, cfg: RolloutConfig, version: int) -> Trajectory:
+    """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
+    render(html) -> RenderResult; critique(CritiqueRequest) -> Critique."""
+    traj = Trajectory(task["id"], group_id, task["prompt"], policy_version=version)
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, list(cfg.stop))
+    checklist = list(task.get("checklist") or [])
+    traj.token_ids, traj.loss_mask, traj.logprobs = list(prompt_ids), [0] * len(prompt_ids), [0.0] * len(prompt_ids)
+
+    async def judge(c: Completion, turn: int):
+        html = extract_html(c.text)
+        if html is None:
+            return Attempt(turn, c.text, 0.0, False, "no_html", False, "No ```html code block was found in the "
+                           "reply: answer with the whole page in one ```html block.", len(c.token_ids)), None
+        t = time.perf_counter()
+        page = await render(html)
+        traj.timings_s["render"] += time.perf_counter() - t
+        if not page.valid:  # scored 0 without asking the critic
+            return Attempt(turn, c.text, 0.0, False, page.reason, False, f"The page did not render: {page.reason} "
+                           f"({page.detail}). Fix it so the page loads and shows its content.", len(c.token_ids)), page
+        t = time.perf_counter()
+        verdict = await critique(CritiqueRequest(task["prompt"], html, checklist, page.screenshots, page.shot_times,
+                                                 page.dom, page.console_errors + page.page_errors))
+        traj.timings_s["critic"] += time.perf_counter() - t
+        return Attempt(turn, c.text, verdict.score, True, None, False, verdict.feedback, len(c.token_ids)), page
+
+    def take(c: Completion):
+        traj.token_ids += c.token_ids
+        traj.loss_mask += [1] * len(c.token_ids)
+        traj.logprobs += c.logprobs
+
+    attempt, page = await judge(first, 0)
+    attempt.accepted = True
+    traj.attempts.append(attempt)
+    take(first)
+    best, best_attempt, best_page, last = attempt.score, attempt, page, first
+    for turn in range(1, cfg.max_turns):
+        if best is None:  # unscorable: no feedback to revise from
+            break
+        message = f"Score: {best:g}/100.\n{best_attempt.feedback}\nRevise the page and reply with the full page."
+        delta = conv.feedback_ids(task["prompt"], last, message)
+        context = traj.token_ids + delta
+        for _ in range(cfg.max_resamples):
+            t = time.perf_counter()
+            (candidate,) = await generate(context, sampling, 1)
+            traj.timings_s["generate"] += time.perf_counter() - t
+            attempt, page = await judge(candidate, turn)
+            traj.attempts.append(attempt)
+            if accept_revision(attempt.score, best):
+                attempt.accepted = True
+                traj.token_ids += delta
+                traj.loss_mask += [0] * len(delta)
+                traj.logprobs += [0.0] * len(delta)
+                take(candidate)
+                best, best_attempt, best_page, last = attempt.score, attempt, page, candidate
+                break
+        else:
+            break  # Forced Optimization: no resample improved, the trajectory stops here
+    traj.final_score = best
+    traj.final_valid = best_attempt.valid
+    traj.unscorable = best is None
+    traj.reward = reward(best_attempt.valid, best, format_score(best_attempt.text), cfg.format_weight)
+    if best_page is not None and best_page.screenshots:
+        traj.final_screenshot = best_page.screenshots[-1]
+    return traj
+
+
+async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
+                    version: int) -> list[Trajectory]:
+    """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
+    one waiting on its render or critique never blocks the others."""
+    prompt_ids = conv.prompt_ids(task["prompt"])
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, list(cfg.stop))
+    t = time.perf_counter()
+    firsts = await generate(prompt_ids, sampling, cfg.group_size)
+    gen_s = (time.perf_counter() - t) / cfg.group_size
+    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg,
+                                                  version) for g, c in enumerate(firsts)))
+    for tr in trajs:
+        tr.timings_s["generate"] += gen_s
+    return list(trajs)

@@ -1,0 +1,41 @@
+"""Rollout configuration (the `rollout` config group): one typed dataclass, a one-line doc per field."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SYSTEM_PROMPT = ("You are an expert front-end developer. Write a complete, self-contained web page (HTML with inline "
+                 "CSS and JavaScript, no external resources) for the user's request. Reply with the page in one "
+                 "```html code block.")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 4  # G trajectories per task (the GRPO group)
+    max_turns: int = 2  # pages per trajectory: the first one plus revisions driven by the critic
+    max_resamples: int = 10  # Forced Optimization: attempts per revision before the trajectory stops (paper: 10)
+    temperature: float = 0.8  # sampling temperature (the learner scales logits by the same value)
+    top_p: float = 1.0  # nucleus sampling
+    max_new_tokens: int = 512  # per generated page
+    stop: list[str] = field(default_factory=list)  # extra stop strings
+    format_weight: float = 0.1  # weight of the format score in the reward
+    feedback_role: str = "tool"  # role of the critic's message in the conversation ("tool"; "user" for templates without tools)
+    system_prompt: str = SYSTEM_PROMPT  # system message of every conversation
+    max_batch: int = 16  # generate requests merged into one engine call
+    workers: int = 1  # rollout workers (Ray actors), each with its own engine
+    max_groups_in_flight: int = 2  # groups one worker runs at once (others generate while one waits on render/critic)
+
+    def validate(self) -> "RolloutConfig":
+        checks = [
+            ("group_size", self.group_size >= 1, "an integer >= 1"),
+            ("max_turns", self.max_turns >= 1, "an integer >= 1"),
+            ("max_resamples", self.max_resamples >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
+            ("workers", self.workers >= 1, "an integer >= 1"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"rollout.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
+        return self

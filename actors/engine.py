@@ -1,0 +1,118 @@
+"""Generation engines: one interface, prompts as token ids in, completions with per-token log-probs out.
+
+Prompts are token ids (not text) so that a multi-turn conversation is built from the ids exactly as they were
+generated: the learner's loss mask and log-probs line up with what the policy really produced.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import load_model, load_tokenizer
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.8  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: list[str] = field(default_factory=list)  # extra stop strings (the end-of-turn token always stops)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # generated ids, including the end-of-turn token when the model emitted it
+    logprobs: list[float]  # log p(token) under the policy at the sampling temperature, one per token
+    text: str
+    finished: bool  # ended by end-of-turn or a stop string (not by max_new_tokens)
+
+
+class HFEngine:
+    """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available."""
+
+    def __init__(self, model: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_model(model, dtype).to(device)
+        self.device = device
+        self.version = 0
+        self._lock = threading.Lock()  # one generate at a time; weight loads wait for it
+        torch.manual_seed(seed)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
+        tok, pad = self.tokenizer, self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        greedy = sampling.temperature <= 0
+        with self._lock:
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
+                temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
+                top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True,
+                return_dict_in_generate=True, stop_strings=sampling.stop or None, tokenizer=tok)
+        new = out.sequences[:, width:]  # [B, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [B, T, V] raw logits
+        if not greedy:
+            logits = logits / sampling.temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        results = []
+        for row, lp in zip(new.tolist(), logp.tolist()):
+            n = len(row)
+            if tok.eos_token_id in row:
+                n = row.index(tok.eos_token_id) + 1
+            elif pad in row and pad != tok.eos_token_id:
+                n = row.index(pad)
+            text = tok.decode(row[:n], skip_special_tokens=True)
+            finished = n < len(row) or (n > 0 and row[n - 1] == tok.eos_token_id)
+            finished = finished or any(s in text for s in sampling.stop)
+            results.append(Completion(row[:n], lp[:n], text, finished))
+        return results
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        with self._lock:
+            self.model.load_state_dict(state_dict)
+            self.version = version
+
+
+class Batcher:
+    """Collects concurrent generate requests (trajectories waiting on their next turn) into one engine call."""
+
+    def __init__(self, engine, max_batch: int = 16, window_s: float = 0.01):
+        self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.ensure_future(self._run())
+        futures = [asyncio.get_running_loop().create_future() for _ in range(n)]
+        for f in futures:
+            self._queue.put_nowait((prompt, sampling, f))
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            await asyncio.sleep(self.window_s)
+            while not self._queue.empty() and len(batch) < self.max_batch:
+                batch.append(self._queue.get_nowait())
+            groups: dict[int, list] = {}
+            for item in batch:  # one engine call per distinct sampling setting
+                groups.setdefault(id(item[1]), []).append(item)
+            for items in groups.values():
+                try:
+                    outs = await asyncio.to_thread(self.engine.generate, [p for p, _, _ in items], items[0][1])
+                    for (_, _, f), c in zip(items, outs):
+                        f.done() or f.set_result(c)
+                except Exception as e:  # surface to every waiting trajectory
+                    for _, _, f in items:
+                        f.done() or f.set_exception(e)
