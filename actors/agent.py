@@ -113,6 +113,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     traj.reward = reward(best_attempt.valid, best, format_score(best_attempt.text), cfg.format_weight)
     if best_page is not None and best_page.screenshots:
         traj.final_screenshot = best_page.screenshots[-1]
+    traj.finished_at = time.time()
     return traj
 
 

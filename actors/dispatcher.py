@@ -11,8 +11,12 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 
-def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 3) -> Iterator[tuple[dict, list]]:
-    """Yield (task, trajectories) for every task, as each group finishes."""
+def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 3,
+                  stats: dict | None = None) -> Iterator[tuple[dict, list]]:
+    """Yield (task, trajectories) for every task, as each group finishes. `stats` (if given) counts
+    "resubmitted" groups and tracks "in_flight" for dashboards."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("resubmitted", 0)
     pending = list(reversed(tasks))
     load = {i: 0 for i in range(len(workers))}
     running: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (worker index, task, attempt)
@@ -33,6 +37,8 @@ def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_
         except (RayActorError, ActorDiedError, ActorUnavailableError):
             if attempt >= max_retries:
                 raise
+            stats["resubmitted"] += 1
             submit(task, attempt + 1)  # the worker died mid-group: run the whole group again
             continue
+        stats["in_flight"] = len(running)
         yield task, group

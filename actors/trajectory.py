@@ -70,6 +70,7 @@ class Trajectory:
     final_valid: bool = False
     policy_version: int = 0
     timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0})
+    finished_at: float = 0.0  # wall-clock time the trajectory finished (time.time())
     final_screenshot: bytes | None = None  # for dashboards; not serialised
 
     def to_json(self) -> dict:

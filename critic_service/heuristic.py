@@ -28,7 +28,7 @@ support supports supporting need needs like etc new different various specific r
 color colour colors background component components elements element style styled styling assign apply define
 verify test check ensure displayed display displays correctly successfully without able properly shown show shows
 enter entered select selected click navigate access view views option options information data item items
-build create design dark light medium pale deep gray grey white black""".split())
+build create design dark light medium pale deep gray grey white black write landing""".split())
 
 # kind -> (what in the task asks for it, how the page shows it, how to fix it)
 _KINDS = {

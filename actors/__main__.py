@@ -1,0 +1,66 @@
+"""`python -m actors rollout model=tiny task="..." [rollout.group_size=G] [rollout.max_turns=T]`: one group end to
+end on a local Ray (render farm + critic service + one rollout worker), trajectories printed as JSON lines."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from critic_service.config import CriticConfig
+from render_farm.config import RenderConfig
+
+from .config import RolloutConfig
+
+
+@dataclass
+class RolloutCLI:
+    model: str = "smollm2-135m"  # a preset (smollm2-135m, tiny) or a Hugging Face model path
+    task: str = "Write a landing page for a bakery with a menu table and an order form. Use white for the background and navy for components."  # the prompt
+    checklist: list[str] = field(default_factory=list)  # optional checks for the critic
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "rollout":
+        print("usage: python -m actors rollout model=tiny task=\"...\" [rollout.group_size=G] [rollout.max_turns=T]",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))
+        cfg = OmegaConf.to_object(cfg)
+        cfg.rollout.validate(), cfg.render.validate(), cfg.critic.validate()
+    except (OmegaConfBaseException, ValueError) as e:
+        print(f"actors: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from critic_service.process import start_local
+    from render_farm.farm import RenderFarm
+
+    from .dispatcher import stream_groups
+    from .worker import RolloutWorker
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    url, critic = (cfg.critic.url, None) if cfg.critic.url else start_local(cfg.critic)
+    try:
+        farm = RenderFarm(cfg.render)
+        worker = RolloutWorker.remote(cfg.model, cfg.rollout, farm.workers, url)
+        task = {"id": "cli", "prompt": cfg.task, "checklist": cfg.checklist}
+        for _, group in stream_groups([worker], [task]):
+            for traj in group:
+                print(json.dumps(traj.to_json()))
+    finally:
+        if critic:
+            critic.terminate()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,122 @@
+"""The agent loop with a real tiny policy and a real Chromium; the critic is scripted where a test needs exact scores
+(the critic is the external MLLM, the one part a test double may stand in for)."""
+import asyncio
+
+import pytest
+import torch
+
+from actors.agent import Conversation, run_group
+from actors.config import RolloutConfig
+from actors.engine import Batcher, HFEngine
+from critic_service.critique import Critique
+from render_farm.renderer import Renderer
+
+from .conftest import run
+
+PAGE = ("```html\n<html><body style='background:#fff'><h1>Bakery menu</h1><button>Order</button></body></html>\n```")
+TASK = {"id": "bakery", "prompt": "Write a bakery page with a menu and an order button.", "checklist": []}
+
+
+def taught_engine(cfg: RolloutConfig) -> tuple[HFEngine, Conversation]:
+    """The tiny model after a few supervised steps on PAGE, in first-turn and revision contexts: greedy decoding
+    then writes a real page every time, so renders are valid and the critic is always asked."""
+    engine = HFEngine("tiny")
+    tok, model = engine.tokenizer, engine.model
+    conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
+    target = tok(PAGE, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    first = conv.prompt_ids(TASK["prompt"])
+    contexts = [first]
+    from actors.engine import Completion
+    done = Completion(target, [0.0] * len(target), PAGE, True)
+    ctx = first
+    for score in (50, 55, 61.5):  # the revision contexts, turn after turn
+        fb = f"Score: {score:g}/100.\nfeedback after {score:g}\nRevise the page and reply with the full page."
+        ctx = ctx + target + conv.feedback_ids(TASK["prompt"], done, fb)
+        contexts.append(ctx)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(120):
+        for ctx in contexts:
+            ids = torch.tensor([ctx + target])
+            labels = ids.clone()
+            labels[0, :len(ctx)] = -100
+            model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return engine, conv
+
+
+class ScriptedCritic:
+    """Scores in order; `None` means unscorable."""
+
+    def __init__(self, scores):
+        self.scores, self.calls = list(scores), 0
+
+    async def __call__(self, request):
+        score = self.scores[min(self.calls, len(self.scores) - 1)]
+        self.calls += 1
+        if score is None:
+            return Critique.failed("timeout", "scripted")
+        return Critique(score, f"feedback after {score}", backend="scripted")
+
+
+def run_loop(cfg, critic, engine_conv=None):
+    engine, conv = engine_conv or taught_engine(cfg)
+
+    async def go():
+        async with Renderer() as r:
+            return await run_group(TASK, conv, Batcher(engine).generate, r.render, critic, cfg, 7)
+    return run(go()), engine
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return RolloutConfig(group_size=1, max_turns=4, max_resamples=3, temperature=0.0, max_new_tokens=80)
+
+
+@pytest.fixture(scope="module")
+def taught(cfg):
+    return taught_engine(cfg)
+
+
+def test_forced_optimization_keeps_only_improvements_and_stops(cfg, taught):
+    # turn 0: 50; turn 1: 40 (rejected), 55 (accepted); turn 2: 55, 30, 54 (three rejections: stop).
+    critic = ScriptedCritic([50, 40, 55, 55, 30, 54, 99])
+    (traj,), engine = run_loop(cfg, critic, taught)
+    assert all(a.valid for a in traj.attempts), [(a.reason, a.text) for a in traj.attempts]
+    assert [(a.turn, a.score, a.accepted) for a in traj.attempts] == [
+        (0, 50, True), (1, 40, False), (1, 55, True), (2, 55, False), (2, 30, False), (2, 54, False)]
+    assert critic.calls == 6  # stopped after max_resamples failures, never reached 99
+    accepted = [a.score for a in traj.attempts if a.accepted]
+    assert accepted == sorted(set(accepted))  # strictly increasing
+    assert traj.final_score == 55 and traj.reward == pytest.approx(0.55 + 0.1 * 1.0)
+    assert traj.policy_version == 7
+    # Rejected attempts never enter the tokens; the mask decodes to exactly the accepted completions.
+    tok = engine.tokenizer
+    policy_text = tok.decode([t for t, m in zip(traj.token_ids, traj.loss_mask) if m], skip_special_tokens=True)
+    assert policy_text == "".join(a.text for a in traj.attempts if a.accepted)
+    feedback_text = tok.decode([t for t, m in zip(traj.token_ids, traj.loss_mask) if not m])
+    assert "feedback after 50" in feedback_text and "feedback after 40" not in feedback_text
+    assert len(traj.token_ids) == len(traj.loss_mask) == len(traj.logprobs)
+    assert all(lp == 0.0 for lp, m in zip(traj.logprobs, traj.loss_mask) if not m)
+    assert all(lp < 0.0 for lp, m in zip(traj.logprobs, traj.loss_mask) if m)
+    row = traj.to_json()
+    assert row["loss_mask_tokens"] == sum(traj.loss_mask) and row["total_tokens"] == len(traj.token_ids)
+
+
+def test_unscorable_first_page_marks_the_trajectory_unscorable(cfg, taught):
+    (traj,), _ = run_loop(cfg, ScriptedCritic([None]), taught)
+    assert traj.unscorable and traj.final_score is None and traj.reward == 0.0 and len(traj.attempts) == 1
+
+
+def test_untrained_policy_gets_zero_for_no_html():
+    cfg = RolloutConfig(group_size=3, max_turns=2, max_resamples=1, temperature=1.0, max_new_tokens=24)
+    critic = ScriptedCritic([90])
+    engine = HFEngine("tiny")
+    conv = Conversation(engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
+    trajs, _ = run_loop(cfg, critic, (engine, conv))
+    assert len(trajs) == 3 and [t.group_id for t in trajs] == [0, 1, 2]
+    for t in trajs:
+        assert t.attempts[0].reason == "no_html" and t.reward == 0.0 and not t.final_valid
+    assert critic.calls == 0  # invalid pages never reach the critic
