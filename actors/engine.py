@@ -76,6 +76,15 @@ class HFEngine:
             results.append(Completion(row[:n], lp[:n], text, finished))
         return results
 
+    @torch.no_grad()
+    def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+        """Log-probs of a fixed sequence (position t: token t+1), to check a weight push against the learner."""
+        with self._lock:
+            logits = self.model(torch.tensor([token_ids], device=self.device)).logits[0, :-1].float()
+        if temperature > 0:
+            logits = logits / temperature
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids[1:], device=self.device)[:, None]).squeeze(-1).tolist()
+
     def load_weights(self, state_dict: dict, version: int) -> None:
         with self._lock:
             self.model.load_state_dict(state_dict)

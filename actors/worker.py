@@ -29,6 +29,9 @@ class RolloutWorker:
         self.engine.load_weights(state_dict, version)
         return version
 
+    def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+        return self.engine.logprobs(token_ids, temperature)
+
     def version(self) -> int:
         return self.engine.version
 

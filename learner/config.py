@@ -1,0 +1,41 @@
+"""Learner configuration (the `learner` config group): one typed dataclass, a one-line doc per field."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LearnerConfig:
+    ranks: int = 1  # DeepSpeed ranks (Ray actors in one torch.distributed group: gloo on CPU, NCCL on GPU)
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 1, 2 or 3
+    lr: float = 1e-6  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    grad_clip: float = 1.0  # global gradient-norm clip
+    clip_low: float = 0.2  # ratio clip below: 1 - clip_low
+    clip_high: float = 0.28  # ratio clip above: 1 + clip_high (asymmetric, "clip-higher")
+    kl_coef: float = 0.001  # k3 KL to the frozen reference model; 0 disables the reference model entirely
+    micro_batch_size: int = 4  # trajectories per forward/backward on one rank
+    micro_batches_per_step: int = 0  # gradient accumulation steps per rank; 0 = from the first batch
+    adv_eps: float = 1e-6  # std epsilon in the group advantages
+    device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
+    bf16: bool = True  # bf16 on GPU (CPU always trains in fp32)
+    seed: int = 0  # torch / python RNG seed on every rank
+    push_timeout_s: float = 120.0  # a weight push that takes longer raises instead of hanging
+    keep_checkpoints: int = 3  # checkpoints kept in trainer.output_dir/checkpoints
+
+    def validate(self) -> "LearnerConfig":
+        checks = [
+            ("ranks", self.ranks >= 1, "an integer >= 1"),
+            ("zero_stage", self.zero_stage in (1, 2, 3), "1, 2 or 3"),
+            ("lr", self.lr > 0, "> 0"),
+            ("clip_low", 0 <= self.clip_low < 1, "in [0, 1)"),
+            ("clip_high", self.clip_high >= 0, ">= 0"),
+            ("kl_coef", self.kl_coef >= 0, ">= 0 (0 disables the reference model)"),
+            ("micro_batch_size", self.micro_batch_size >= 1, "an integer >= 1"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"learner.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
+        return self

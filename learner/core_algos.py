@@ -1,0 +1,62 @@
+"""GRPO's math as small pure functions: advantages, the clipped policy loss, the k3 KL, token-mean aggregation.
+
+Shapes: N = trajectories in the global batch, B = trajectories in a micro-batch, T = tokens (shifted: position t
+holds the log-prob of token t+1), V = vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, unscorable: torch.Tensor,
+                     eps: float = 1e-6) -> tuple[torch.Tensor, int]:
+    """A = (r - mean) / (std + eps) within each task group. Unscorable samples are left out of the mean and std
+    and get 0; a group whose scorable rewards are all equal (or that has fewer than two) gives 0 everywhere.
+    rewards [N] float, groups [N] int (group id), unscorable [N] bool -> (advantages [N], groups with all-equal rewards)."""
+    adv = torch.zeros_like(rewards, dtype=torch.float32)  # [N]
+    flat = 0
+    for g in torch.unique(groups):
+        members = (groups == g) & ~unscorable  # [N]
+        r = rewards[members].float()
+        if r.numel() < 2 or torch.all(r == r[0]):
+            flat += 1
+            continue
+        adv[members] = (r - r.mean()) / (r.std() + eps)  # unbiased std, as in GRPO / verl
+    return adv, flat
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(label) under logits / temperature. logits [B, T, V], labels [B, T] -> [B, T]."""
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the policy. logits [B, T, V] -> [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float,
+                clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO/GRPO clipped surrogate with an asymmetric clip range [1 - clip_low, 1 + clip_high] on the token-level
+    importance ratio. logp, old_logp [B, T], advantages [B] -> (loss per token [B, T], clip active [B, T] bool)."""
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    a = advantages.unsqueeze(-1)  # [B, 1]
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * a
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || reference), >= 0 and unbiased. [B, T] -> [B, T]."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def global_token_mean(values: torch.Tensor, mask: torch.Tensor, global_tokens: int) -> torch.Tensor:
+    """Sum over this micro-batch's masked tokens divided by the number of masked tokens in the *whole global batch*
+    (all ranks, all micro-batches), so every token weighs the same however the batch is split.
+    values, mask [B, T] -> scalar."""
+    return (values * mask).sum() / max(global_tokens, 1)

@@ -1,0 +1,119 @@
+"""LearnerRank: one DeepSpeed rank as a Ray actor. N of them form one torch.distributed group (gloo on CPU)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+
+import ray
+import torch
+
+from . import core_algos as algos
+from .batch import collate, micro_batches
+from .config import LearnerConfig
+
+CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache"
+
+
+@ray.remote
+class LearnerRank:
+    def __init__(self, model: str, cfg: LearnerConfig, rank: int, world: int, master: str, port: int,
+                 micro_batches_per_step: int, temperature: float):
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)))
+        if device == "cpu":
+            os.environ["DS_ACCELERATOR"] = "cpu"
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))  # DeepSpeed's JIT op, built once
+        import deepspeed
+
+        from actors.models import load_model, load_tokenizer
+        self.cfg, self.rank, self.world, self.temperature = cfg, rank, world, temperature
+        self.gas = micro_batches_per_step
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+        dtype = torch.bfloat16 if device == "cuda" and cfg.bf16 else torch.float32
+        self.pad_id = load_tokenizer(model).pad_token_id
+        policy = load_model(model, dtype)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        ds_config = {"train_micro_batch_size_per_gpu": cfg.micro_batch_size, "gradient_accumulation_steps": self.gas,
+                     "zero_optimization": {"stage": cfg.zero_stage}, "gradient_clipping": cfg.grad_clip,
+                     "bf16": {"enabled": dtype == torch.bfloat16}, "steps_per_print": 10**9}
+        self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_config)
+        self.ref = None
+        if cfg.kl_coef > 0:  # frozen reference for the KL term
+            self.ref = load_model(model, dtype).to(self.engine.device).requires_grad_(False)
+        self.device = self.engine.device
+
+    def ready(self) -> int:
+        return self.rank
+
+    def step(self, samples: list[dict], global_tokens: int) -> dict:
+        """One optimiser step over this rank's share of the global batch. Returns sums for the driver to combine."""
+        self.engine.train()
+        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0}
+        filler = {"token_ids": [self.pad_id, self.pad_id], "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
+        for mb in micro_batches(samples, self.cfg.micro_batch_size, self.gas):
+            batch = {k: v.to(self.device) for k, v in collate(mb or [filler], self.pad_id).items()}
+            mask = batch["loss_mask"]  # [B, T]
+            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, T]
+            loss_tok, clipped = algos.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
+                                                  self.cfg.clip_low, self.cfg.clip_high)
+            kl = torch.zeros_like(logp)
+            if self.ref is not None:
+                with torch.no_grad():
+                    ref_logits = self.ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+                kl = algos.kl_k3(logp, algos.token_logprobs(ref_logits, batch["labels"], self.temperature))
+                loss_tok = loss_tok + self.cfg.kl_coef * kl
+            # Normalised by the global batch's token count; x world size because DeepSpeed averages over ranks.
+            loss = algos.global_token_mean(loss_tok, mask, global_tokens) * self.world
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()  # DeepSpeed updates only at the accumulation boundary
+            with torch.no_grad():
+                sums["loss"] += float((loss_tok * mask).sum())
+                sums["kl"] += float((kl * mask).sum())
+                sums["clipped"] += float((clipped * mask).sum())
+                sums["entropy"] += float((algos.entropy(logits) * mask).sum())
+                sums["tokens"] += float(mask.sum())
+        norm = self.engine.get_global_grad_norm()
+        sums["grad_norm"] = float(norm) if norm is not None else 0.0
+        return sums
+
+    @torch.no_grad()
+    def logprobs(self, token_ids: list[int]) -> list[float]:
+        """Log-probs of a fixed sequence under the current weights (position t: token t+1)."""
+        self.engine.eval()
+        ids = torch.tensor([token_ids], device=self.device)
+        logits = self.engine(input_ids=ids).logits[:, :-1]
+        return algos.token_logprobs(logits, ids[:, 1:], self.temperature)[0].tolist()
+
+    def state_dict(self) -> dict:
+        """Full weights on CPU (gathered from all ranks under ZeRO-3); every rank must call it together."""
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def put_state_dict(self) -> list:
+        """Weights into the Ray object store once; the ref (in a list, so Ray does not resolve it) is what engines read."""
+        sd = self.state_dict()
+        return [ray.put(sd)] if self.rank == 0 else []
+
+    def save(self, path: str) -> None:
+        """DeepSpeed state (model, optimizer) + this rank's RNG; rank 0 also writes the Hugging Face model."""
+        sd = self.state_dict()
+        self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, os.path.join(path, f"rng_rank{self.rank}.pt"))
+        if self.rank == 0:
+            self.engine.module.save_pretrained(os.path.join(path, "hf"), state_dict=sd, safe_serialization=True)
+
+    def load(self, path: str) -> None:
+        self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state")
+        rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])

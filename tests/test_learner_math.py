@@ -1,0 +1,67 @@
+"""GRPO math against hand-computed numbers."""
+import math
+
+import pytest
+import torch
+
+from learner.core_algos import entropy, global_token_mean, group_advantages, kl_k3, policy_loss, token_logprobs
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.2, 0.9, 0.3])
+    g = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    u = torch.tensor([False, False, False, False, False, False, False])
+    adv, flat = group_advantages(r, g, u, eps=0.0)
+    # group 0: mean 0.5, unbiased std 0.5 -> [1, -1, 0]; group 1 all equal -> 0; group 2: mean 0.6, std 0.424264
+    assert adv[:3].tolist() == pytest.approx([1.0, -1.0, 0.0])
+    assert adv[3:5].tolist() == [0.0, 0.0] and flat == 1
+    s = math.sqrt(((0.9 - 0.6) ** 2 + (0.3 - 0.6) ** 2) / 1)
+    assert adv[5:].tolist() == pytest.approx([0.3 / s, -0.3 / s])
+
+
+def test_unscorable_samples_leave_the_baseline_and_get_zero():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.5])
+    g = torch.tensor([0, 0, 0, 0])
+    u = torch.tensor([False, False, True, False])  # the unscorable 0 is not a real zero
+    adv, _ = group_advantages(r, g, u, eps=0.0)
+    assert adv[2] == 0.0
+    assert adv[[0, 1, 3]].tolist() == pytest.approx([1.0, -1.0, 0.0])  # mean 0.5, std 0.5 over the three scored
+    adv, flat = group_advantages(torch.tensor([0.7, 0.1]), torch.tensor([0, 0]), torch.tensor([False, True]))
+    assert adv.tolist() == [0.0, 0.0] and flat == 1  # one scorable sample: no baseline
+
+
+def test_policy_loss_clips_asymmetrically():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[0.5, 1.0, 1.25, 1.5]]))  # ratios 0.5, 1.0, 1.25, 1.5
+    loss, clipped = policy_loss(logp, old, torch.tensor([1.0]), clip_low=0.2, clip_high=0.28)
+    # A > 0: min(r, clip(r, 0.8, 1.28)) -> 0.5, 1.0, 1.25, 1.28
+    assert (-loss).tolist()[0] == pytest.approx([0.5, 1.0, 1.25, 1.28])
+    assert clipped.tolist()[0] == [False, False, False, True]
+    loss, clipped = policy_loss(logp, old, torch.tensor([-1.0]), clip_low=0.2, clip_high=0.28)
+    # A < 0: min(-r, -clip(r)) -> -0.8 for r=0.5 (clipped), -1, -1.25, -1.5
+    assert (-loss).tolist()[0] == pytest.approx([-0.8, -1.0, -1.25, -1.5])
+    assert clipped.tolist()[0] == [True, False, False, False]
+
+
+def test_k3_kl():
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    ref = torch.log(torch.tensor([[0.5, 0.5]]))
+    kl = kl_k3(logp, ref)
+    assert kl.tolist()[0] == pytest.approx([0.0, 2.0 - math.log(2.0) - 1.0])
+    assert torch.all(kl_k3(torch.randn(3, 5), torch.randn(3, 5)) >= 0)
+
+
+def test_global_token_mean_weighs_every_token_equally_across_splits():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    whole = global_token_mean(values, mask, global_tokens=3)
+    split = global_token_mean(values[:1], mask[:1], 3) + global_token_mean(values[1:], mask[1:], 3)
+    assert whole.item() == pytest.approx((1 + 2 + 4) / 3) == pytest.approx(split.item())
+
+
+def test_logprobs_and_entropy():
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])  # [1, 2, 2]
+    labels = torch.tensor([[1, 0]])
+    assert token_logprobs(logits, labels).tolist()[0] == pytest.approx([math.log(0.5), math.log(0.75)])
+    assert entropy(logits).tolist()[0] == pytest.approx([math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])
+    assert token_logprobs(logits, labels, temperature=2.0).tolist()[0][0] == pytest.approx(math.log(0.5))
