@@ -1,0 +1,83 @@
+"""`python -m learner bench`: the DeepSpeed learner's GRPO step vs a plain torch loop (same model, batch, loss),
+and the time to push the weights into one HF engine on a local Ray. One JSON object."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import ray
+import torch
+
+from . import core_algos as algos
+from .batch import collate, micro_batches
+from .config import LearnerConfig
+from .learner import Learner
+
+
+def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"task_id": f"t{i // 4}", "token_ids": torch.randint(3, vocab, (length,), generator=g).tolist(),
+             "loss_mask": [0] * prompt + [1] * (length - prompt), "logprobs": [0.0] * prompt + [-3.0] * (length - prompt),
+             "reward": float(i % 4) / 3, "unscorable": False} for i in range(n)]
+
+
+def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: int) -> list[float]:
+    """The same GRPO step written as a plain single-process torch loop."""
+    from actors.models import load_model, load_tokenizer
+    policy, ref = load_model(model_name).train(), load_model(model_name).requires_grad_(False)
+    pad = load_tokenizer(model_name).pad_token_id
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    rewards = torch.tensor([r["reward"] for r in rows])
+    groups = torch.tensor([int(r["task_id"][1:]) for r in rows])
+    adv, _ = algos.group_advantages(rewards, groups, torch.zeros(len(rows), dtype=torch.bool))
+    samples = [{**r, "advantage": float(a)} for r, a in zip(rows, adv)]
+    tokens = sum(sum(r["loss_mask"]) for r in rows)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        for mb in micro_batches(samples, cfg.micro_batch_size, -(-len(samples) // cfg.micro_batch_size)):
+            b = collate(mb, pad)
+            logits = policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            logp = algos.token_logprobs(logits, b["labels"])
+            loss_tok, _ = algos.policy_loss(logp, b["old_logprobs"], b["advantages"], cfg.clip_low, cfg.clip_high)
+            with torch.no_grad():
+                ref_logits = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            loss_tok = loss_tok + cfg.kl_coef * algos.kl_k3(logp, algos.token_logprobs(ref_logits, b["labels"]))
+            algos.global_token_mean(loss_tok, b["loss_mask"], tokens).backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, steps: int = 3) -> dict:
+    from actors.config import RolloutConfig
+    from actors.models import load_tokenizer
+    from actors.worker import RolloutWorker
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, num_cpus=4)
+    cfg = LearnerConfig(ranks=1, zero_stage=2, lr=1e-6, kl_coef=0.001, micro_batch_size=4)
+    rows = _batch(trajectories, length, length // 4, len(load_tokenizer(model)))
+    learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=trajectories, cpus_per_rank=2)
+    ds_times = []
+    for _ in range(steps + 1):  # first step warms up
+        t = time.perf_counter()
+        learner.step(rows)
+        ds_times.append(time.perf_counter() - t)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    th_times = _torch_steps(model, cfg, rows, steps + 1)
+    worker = RolloutWorker.remote(model, RolloutConfig(), [], "http://127.0.0.1:9")
+    ray.get(worker.version.remote())
+    pushes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        learner.push_weights([worker])
+        pushes.append(time.perf_counter() - t)
+    ds, th = statistics.median(ds_times[1:]), statistics.median(th_times[1:])
+    weights_gb = sum(v.numel() * v.element_size() for v in learner.state_dict().values()) / 1e9
+    ray.shutdown()
+    return {"model": model, "batch": f"{trajectories}x{length} tokens", "deepspeed_step_s": round(ds, 3),
+            "torch_step_s": round(th, 3), "deepspeed_vs_torch_step_ratio": round(ds / th, 3),
+            "weight_push_s": round(statistics.median(pushes), 3), "weights_gb": round(weights_gb, 3)}
