@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import time
 
 import ray
 import torch
@@ -13,6 +14,17 @@ from .batch import collate, micro_batches
 from .config import LearnerConfig
 
 CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache"
+
+
+def _clear_stale_build_locks(root: pathlib.Path, max_age_s: float = 300.0) -> None:
+    """torch's extension builder waits while a `lock` file exists; a build killed midway leaves one forever.
+    A real build takes well under a minute, so an older lock is stale."""
+    for lock in root.glob("*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+        except OSError:
+            pass
 
 
 @ray.remote
@@ -26,10 +38,11 @@ class LearnerRank:
             os.environ["DS_ACCELERATOR"] = "cpu"
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))  # DeepSpeed's JIT op, built once
+        _clear_stale_build_locks(pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]))
         import deepspeed
 
         from actors.models import load_model, load_tokenizer
-        self.cfg, self.rank, self.world, self.temperature = cfg, rank, world, temperature
+        self.cfg, self.rank, self.world, self.temperature, self.model_name = cfg, rank, world, temperature, model
         self.gas = micro_batches_per_step
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -109,8 +122,10 @@ class LearnerRank:
         sd = self.state_dict()
         self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, os.path.join(path, f"rng_rank{self.rank}.pt"))
-        if self.rank == 0:
+        if self.rank == 0:  # a complete Hugging Face model directory: transformers and vLLM load it as is
+            from actors.models import load_tokenizer
             self.engine.module.save_pretrained(os.path.join(path, "hf"), state_dict=sd, safe_serialization=True)
+            load_tokenizer(self.model_name).save_pretrained(os.path.join(path, "hf"))
 
     def load(self, path: str) -> None:
         self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state")

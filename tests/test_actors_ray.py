@@ -81,5 +81,10 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(cluster):
     delivered += [task["id"] for task, _ in stream]
     assert sorted(delivered) == sorted(t["id"] for t in tasks)  # every group once
     assert stats["resubmitted"] >= 1  # the kill really hit groups in flight
-    ray.get(workers[0].load_weights.remote(weights, 1))  # restarted by Ray, usable again
+    for _ in range(60):  # restarted by Ray, usable again once its constructor has run
+        try:
+            ray.get(workers[0].load_weights.remote(weights, 1))
+            break
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.5)
     assert ray.get(workers[0].version.remote()) == 1

@@ -1,0 +1,90 @@
+"""The training run's structured config: every part's dataclass, composed; hydra validates overrides against it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.config import RolloutConfig
+from critic_service.config import CriticConfig
+from learner.config import LearnerConfig
+from render_farm.config import RenderConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # a preset (smollm2-135m, tiny) or a Hugging Face path / hub id
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; needs vllm installed)
+
+
+@dataclass
+class DataConfig:
+    source: str = "procedural"  # "procedural" (WebGen-style generator) or "webgen" (../shared/data/webgen-bench)
+    tasks_per_step: int = 2  # B tasks per RL step (each gets rollout.group_size trajectories)
+    heldout_tasks: int = 4  # held-out tasks used by evaluation (never trained on)
+    webgen_path: str = "../shared/data/webgen-bench/test.jsonl"  # relative to the repository root
+    seed: int = 0  # task order
+
+
+@dataclass
+class ClusterConfig:
+    address: str = "auto"  # "auto": join a running Ray cluster if there is one, else start a local one; "local": always local
+    num_cpus: int = 0  # logical CPUs of a local Ray (0 = max(8, machine's))
+    render_workers: int = 1  # render-farm actors (one Chromium each)
+    learner_cpus: float = 1.0  # CPUs reserved per learner rank
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 3  # RL steps of this run (a resumed run stops at the same number)
+    output_dir: str = "outputs/run"  # metrics.jsonl, samples/, checkpoints/, config.yaml
+    resume: str = "auto"  # "auto": continue from the latest checkpoint in output_dir; "never"; or a checkpoint path
+    save_every: int = 1  # checkpoint every N steps (and at the end)
+    eval_every: int = 0  # mean reward on held-out tasks every N steps (0 = never)
+    seed: int = 0  # learner and sampling seeds
+    wandb: str = "offline"  # wandb mode: "offline", "online" (needs a key) or "disabled"
+    wandb_project: str = "relook"  # wandb project name
+    progress: bool = True  # a progress bar with the live figures
+    learning_check: bool = False  # held-out reward before and after training, printed as one JSON line
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
+    render: RenderConfig = field(default_factory=RenderConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=4, max_turns=2, max_resamples=2, max_new_tokens=384))
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> "TrainConfig":
+        for part in (self.critic, self.render, self.learner, self.rollout):
+            part.validate()
+        checks = [
+            ("engine.kind", self.engine.kind in ("hf", "vllm"), "'hf' or 'vllm'"),
+            ("data.source", self.data.source in ("procedural", "webgen"), "'procedural' or 'webgen'"),
+            ("data.tasks_per_step", self.data.tasks_per_step >= 1, "an integer >= 1"),
+            ("cluster.address", self.cluster.address in ("auto", "local") or self.cluster.address.startswith(("ray://", "http")) or ":" in self.cluster.address, "'auto', 'local' or a Ray address"),
+            ("trainer.max_steps", self.trainer.max_steps >= 1, "an integer >= 1"),
+            ("trainer.save_every", self.trainer.save_every >= 1, "an integer >= 1"),
+            ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{key}={_get(self, key)!r} is invalid: expected {allowed}")
+        if self.engine.kind == "vllm":
+            import importlib.util
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: scripts/setup-vllm.sh); use engine=hf")
+        return self
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

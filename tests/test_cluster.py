@@ -1,0 +1,54 @@
+"""`python launch/cluster.py` end to end with the tiny model: outputs, policy versions, resume, config errors."""
+import json
+import subprocess
+import sys
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .conftest import ROOT
+
+FAST = ["model=tiny", "cluster.address=local", "rollout.group_size=2", "rollout.max_new_tokens=32",
+        "trainer.wandb=disabled", "trainer.progress=false"]
+
+
+def cluster(*args, timeout=400):
+    return subprocess.run([sys.executable, "launch/cluster.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_two_steps_then_resume_runs_only_step_three(tmp_path):
+    out = tmp_path / "run"
+    first = cluster(*FAST, "trainer.max_steps=2", f"trainer.output_dir={out}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and [r["policy_version"] for r in rows] == [1, 2]
+    for key in ("reward_mean", "valid_render_rate", "unscorable_rate", "kl", "loss", "rollout_s", "learn_s",
+                "push_s", "renders_per_s", "tokens_per_s", "overlap_ratio"):
+        assert key in rows[0]
+    samples = [json.loads(line) for line in open(out / "samples" / "step-000001.jsonl")]
+    assert len(samples) == 2 * 2 and all(s["total_tokens"] == len(s["token_ids"]) for s in samples)
+    ckpt = out / "checkpoints" / "step-000002"
+    AutoModelForCausalLM.from_pretrained(ckpt / "hf")
+    AutoTokenizer.from_pretrained(ckpt / "hf")
+    assert (out / "config.yaml").is_file()
+
+    second = cluster(*FAST, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "step 2" in second.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["policy_version"] == 3
+
+
+def test_config_errors_fail_fast_naming_the_key():
+    unknown = cluster("trainer.nope=1", timeout=60)
+    assert unknown.returncode != 0 and "nope" in unknown.stderr
+    bad = cluster("learner.zero_stage=5", timeout=60)
+    assert bad.returncode == 2 and "learner.zero_stage=5" in bad.stderr and "1, 2 or 3" in bad.stderr
+    bad_group = cluster("critic=gpt4", timeout=60)
+    assert bad_group.returncode != 0 and "critic" in bad_group.stderr
+
+
+def test_unreachable_critic_url_fails_before_training(tmp_path):
+    res = cluster(*FAST, "critic.url=http://127.0.0.1:9", f"trainer.output_dir={tmp_path}", timeout=120)
+    assert res.returncode != 0 and "does not answer" in (res.stderr + res.stdout)
+    assert not (tmp_path / "metrics.jsonl").exists()
