@@ -6,6 +6,7 @@ generated: the learner's loss mask and log-probs line up with what the policy re
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ class HFEngine:
         self.device = device
         self.version = 0
         self._lock = threading.Lock()  # one generate at a time; weight loads wait for it
+        if device == "cpu":  # Ray pins an actor to one thread; in synchronous RL the learner idles during rollouts
+            torch.set_num_threads(os.cpu_count() or 1)
         torch.manual_seed(seed)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:

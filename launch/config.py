@@ -38,7 +38,7 @@ class ClusterConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 3  # RL steps of this run (a resumed run stops at the same number)
+    max_steps: int = 2  # RL steps of this run (a resumed run stops at the same number)
     output_dir: str = "outputs/run"  # metrics.jsonl, samples/, checkpoints/, config.yaml
     resume: str = "auto"  # "auto": continue from the latest checkpoint in output_dir; "never"; or a checkpoint path
     save_every: int = 1  # checkpoint every N steps (and at the end)
@@ -57,7 +57,7 @@ class TrainConfig:
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
     render: RenderConfig = field(default_factory=RenderConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=4, max_turns=2, max_resamples=2, max_new_tokens=384))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=4, max_turns=2, max_resamples=2, max_new_tokens=256))
     data: DataConfig = field(default_factory=DataConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

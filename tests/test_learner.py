@@ -52,9 +52,10 @@ def test_steps_lower_the_loss_and_raise_positive_advantage_logprobs():
     assert learner.version == 4
 
 
-def test_two_ranks_zero2_match_one_rank():
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_zero_match_one_rank(stage):
     rows = batch(seed=1)
-    one, two = make(ranks=1, zero_stage=2), make(ranks=2, zero_stage=2)
+    one, two = make(ranks=1, zero_stage=2), make(ranks=2, zero_stage=stage)
     with_old_logprobs(one, rows)
     m1, m2 = one.step(rows), two.step(rows)
     a, b = one.state_dict(), two.state_dict()
