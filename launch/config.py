@@ -57,7 +57,7 @@ class TrainConfig:
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
     render: RenderConfig = field(default_factory=RenderConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=4, max_turns=2, max_resamples=2, max_new_tokens=256))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=2, max_turns=2, max_resamples=1, max_new_tokens=192))
     data: DataConfig = field(default_factory=DataConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
