@@ -3,7 +3,7 @@ import pytest
 
 from actors.agent import Conversation
 from actors.config import RolloutConfig
-from actors.engine import Completion, HFEngine, Sampling
+from actors.engine import HFEngine, Sampling
 from actors.trajectory import accept_revision, extract_html, format_score, reward
 
 
@@ -72,7 +72,3 @@ def test_engine_logprobs_match_a_forward_pass_and_weights_load():
     engine.load_weights(new, version=3)
     assert engine.version == 3
     assert torch.equal(engine.model.state_dict()["model.norm.weight"], new["model.norm.weight"])
-
-
-def completion(ids):
-    return Completion(ids, [0.0] * len(ids), "", True)
