@@ -39,7 +39,3 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
-
-    def pid(self) -> int:
-        import os
-        return os.getpid()

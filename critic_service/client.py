@@ -30,12 +30,6 @@ class CriticClient:
             return Critique.failed(f"http_{resp.status_code}", "client", message[:300])
         return Critique(**resp.json())
 
-    async def healthy(self) -> bool:
-        try:
-            return (await self.http.get("/healthz", timeout=5.0)).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     async def aclose(self) -> None:
         await self.http.aclose()
 

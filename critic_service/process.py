@@ -12,6 +12,14 @@ import httpx
 from .config import CriticConfig
 
 
+def answers(url: str, timeout_s: float = 1.0) -> bool:
+    """True when a critic service answers GET /healthz at url."""
+    try:
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def start_local(cfg: CriticConfig, timeout_s: float = 30.0) -> tuple[str, subprocess.Popen]:
     """Run `python -m critic_service serve` for this config on a free port; returns (url, process)."""
     port = cfg.port
@@ -29,10 +37,8 @@ def start_local(cfg: CriticConfig, timeout_s: float = 30.0) -> tuple[str, subpro
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the critic service exited: {proc.stderr.read().decode()[-500:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
+        if answers(url):
+            return url, proc
+        time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"the critic service did not answer on {url} within {timeout_s:g} s")

@@ -54,8 +54,12 @@ class CriticService:
         self.m_unscorable = Counter("critic_unscorable", "unscorable critiques by reason", ["reason"], registry=r)
         self.m_backend_errors = Counter("critic_backend_errors", "backend call failures by kind", ["kind"], registry=r)
 
+    @property
+    def max_body(self) -> int:
+        return int(self.cfg.max_body_mb * 2**20)
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=int(self.cfg.max_body_mb * 2**20))
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_post("/v1/critique", self.handle_critique)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -102,8 +106,7 @@ class CriticService:
     async def handle_critique(self, request: web.Request) -> web.Response:
         t = time.perf_counter()
         try:
-            limit = request.app._client_max_size
-            if request.content_length is not None and request.content_length > limit:
+            if request.content_length is not None and request.content_length > self.max_body:
                 return self._error(413, f"the body is over the {self.cfg.max_body_mb:g} MB limit")
             try:
                 raw = await request.read()

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from actors.dispatcher import stream_groups
 from actors.worker import RolloutWorker
+from critic_service.process import answers, start_local
 from learner.learner import Learner, prune_checkpoints
 from render_farm.farm import RenderFarm
 
@@ -122,16 +123,9 @@ def train(cfg: TrainConfig) -> dict:
     try:
         if cfg.critic.url:
             url = cfg.critic.url
-            from critic_service.client import CriticClient
-            import asyncio
-
-            async def _ok():
-                async with CriticClient(url) as c:
-                    return await c.healthy()
-            if not asyncio.run(_ok()):
+            if not answers(url):
                 raise ValueError(f"critic.url={url!r} does not answer GET /healthz")
         else:
-            from critic_service.process import start_local
             url, critic_proc = start_local(cfg.critic)
         print(f"critic service: {url}", flush=True)
         cfg.render.workers = cfg.cluster.render_workers

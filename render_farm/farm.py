@@ -26,10 +26,6 @@ class RenderWorker:
     async def stats(self) -> dict:
         return self.renderer.stats()
 
-    async def browser_pid(self) -> int | None:
-        await self.renderer.start()
-        return self.renderer.browser_pid
-
 
 class RenderFarm:
     """Client side of the pool: `await farm.render(html)`, `farm.render_batch([...])` (blocking)."""
