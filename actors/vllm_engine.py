@@ -56,6 +56,10 @@ class VLLMEngine:
         (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         return [entry[t].logprob for t, entry in zip(token_ids[1:], out.prompt_logprobs[1:])]
 
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now; left to interpreter exit, its teardown can abort the process."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def load_weights(self, state_dict: dict, version: int) -> None:
         from safetensors.torch import save
         # Tied weights share storage: safetensors wants each tensor once, contiguous.
