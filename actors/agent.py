@@ -13,7 +13,7 @@ from critic_service.critique import CritiqueRequest
 
 from .config import RolloutConfig
 from .engine import Completion, Sampling
-from .trajectory import Attempt, Trajectory, accept_revision, extract_html, format_score, reward
+from .trajectory import Attempt, Trajectory, accept_revision, extract_html, format_score, revision_message, reward
 
 
 class Conversation:
@@ -88,8 +88,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     for turn in range(1, cfg.max_turns):
         if best is None:  # unscorable: no feedback to revise from
             break
-        message = f"Score: {best:g}/100.\n{best_attempt.feedback}\nRevise the page and reply with the full page."
-        delta = conv.feedback_ids(task["prompt"], last, message)
+        delta = conv.feedback_ids(task["prompt"], last, revision_message(best, best_attempt.feedback))
         context = traj.token_ids + delta
         for _ in range(cfg.max_resamples):
             t = time.perf_counter()

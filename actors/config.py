@@ -39,3 +39,36 @@ class RolloutConfig:
             if not ok:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
         return self
+
+
+EDIT_MODES = ("edits", "page")
+
+
+@dataclass
+class SelfEditConfig:
+    """Inference (launch/generate.py, launch/evaluate.py): decoding and the self-edit cycle that replaces the critic."""
+    rounds: int = 3  # revision rounds after the first page (0 = plain one-shot decoding)
+    mode: str = "edits"  # "edits": revisions are SEARCH/REPLACE blocks (short replies); "page": the whole page again
+    early_stop: bool = True  # stop when a round changes nothing or the page renders the same (false: run every round)
+    use_critic: bool = True  # with a critic configured, its feedback drives the rounds and only improving revisions are kept
+    max_new_tokens: int = 512  # budget of the first page (and of whole-page revisions)
+    edit_max_new_tokens: int = 128  # budget of one edit reply: what keeps 3 rounds close to one-shot latency
+    temperature: float = 0.2  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling
+    feedback_role: str = "tool"  # role of the round's report in the conversation (the training loop's role)
+    system_prompt: str = SYSTEM_PROMPT  # system message (the training loop's)
+
+    def validate(self) -> "SelfEditConfig":
+        checks = [
+            ("rounds", self.rounds >= 0, "an integer >= 0"),
+            ("mode", self.mode in EDIT_MODES, f"one of {list(EDIT_MODES)}"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("edit_max_new_tokens", self.edit_max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"self_edit.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
+        return self

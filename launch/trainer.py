@@ -19,7 +19,6 @@ from render_farm.farm import RenderFarm
 from . import tasks as task_sources
 from .config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ray_init(cfg: TrainConfig) -> None:
@@ -44,8 +43,8 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def _task_pools(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
-    if cfg.data.source == "webgen":
-        rows = task_sources.webgen(str((ROOT / cfg.data.webgen_path).resolve()))
+    if cfg.data.source != "procedural":
+        rows = task_sources.load(cfg.data.source, cfg.data.path, cfg.data.limit)
         return rows[cfg.data.heldout_tasks:], rows[:cfg.data.heldout_tasks]
     return task_sources.procedural("train"), task_sources.procedural("heldout")[:cfg.data.heldout_tasks]
 

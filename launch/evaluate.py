@@ -1,0 +1,202 @@
+"""`python launch/evaluate.py data=webgen|web-bench|artifactsbench|fullstack [data.path=...] [data.limit=N] model=...
+critic=... [self_edit.rounds=...] out=DIR`
+
+For each task: generate (one-shot with self_edit.rounds=0, else the self-edit cycle), render, critique. Writes
+DIR/results.jsonl (one row per task, appended as tasks finish), DIR/summary.json, DIR/report.html (a gallery), the
+pages under DIR/pages/ and their screenshots under DIR/shots/. Re-running skips tasks already in results.jsonl.
+Generation runs on rollout workers when a Ray cluster is up (`ray=auto`), otherwise in this process.
+"""
+from __future__ import annotations
+
+import asyncio
+import html as html_lib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from launch.inference import EvalConfig, resolve  # noqa: E402
+
+ConfigStore.instance().store(name="eval_config", node=EvalConfig)
+
+
+def done_rows(path: Path) -> list[dict]:
+    """Rows already written (a line cut off by a crash is dropped, so its task runs again)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"evaluate: ignoring a partial line in {path}", file=sys.stderr)
+    return rows
+
+
+class Sink:
+    """Writes one task's page, screenshots and results row as soon as it finishes."""
+
+    def __init__(self, out: Path, bar=None):
+        self.out, self.bar = out, bar
+        (out / "pages").mkdir(parents=True, exist_ok=True)
+        (out / "shots").mkdir(exist_ok=True)
+
+    def __call__(self, task: dict, res) -> dict:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", task["id"])[:80]
+        page = self.out / "pages" / f"{name}.html"
+        page.write_text(res.html if res.html is not None else res.reply, encoding="utf-8")
+        shots = []
+        for k, png in enumerate(res.page.screenshots if res.page is not None else []):
+            (self.out / "shots" / f"{name}-{k}.png").write_bytes(png)
+            shots.append(f"shots/{name}-{k}.png")
+        r = res.to_json()
+        row = {"id": task["id"], "category": task.get("category"), "prompt": task["prompt"], "score": r["score"],
+               "valid": r["valid"], "reason": r["reason"], "unscorable": r["valid"] and r["score"] is None,
+               "rounds": r["rounds"], "stop": r["stop"], "latency_s": r["latency_s"], "tokens": r["tokens"],
+               "feedback": res.feedback, "page": f"pages/{name}.html", "screenshots": shots, "history": r["history"]}
+        with open(self.out / "results.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+        return row
+
+
+async def run_local(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
+    import torch
+
+    from launch.inference import Stack
+    torch.manual_seed(cfg.seed)
+    sem = asyncio.Semaphore(cfg.concurrency)
+    async with Stack(cfg) as stack:
+        async def one(task):
+            async with sem:
+                sink(task, await stack.run(task))
+        await asyncio.gather(*(one(t) for t in tasks))
+
+
+def run_ray(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
+    """On a running Ray cluster: rollout workers generate (their engines batch concurrent tasks); the render farm
+    pool renders; a critic service is started unless critic.url names one."""
+    import ray
+
+    from actors.config import RolloutConfig
+    from actors.worker import RolloutWorker
+    from critic_service.process import start_local
+    from render_farm.farm import RenderFarm
+    proc, url = None, None
+    if cfg.critic.backend != "none":
+        url, proc = (cfg.critic.url, None) if cfg.critic.url else start_local(cfg.critic)
+    try:
+        farm = RenderFarm(cfg.render)
+        workers = [RolloutWorker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url,
+                                                            seed=cfg.seed + i, engine=cfg.engine.kind)
+                   for i in range(cfg.workers)]
+        print(f"evaluate: generating on {len(workers)} rollout worker(s) of the Ray cluster", flush=True)
+        queue, pending = list(tasks), {}
+        while queue or pending:
+            while queue and len(pending) < cfg.concurrency * len(workers):
+                task = queue.pop(0)
+                pending[workers[len(pending) % len(workers)].self_edit.remote(task, cfg.self_edit)] = task
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            sink(pending.pop(ref), ray.get(ref))
+    finally:
+        if proc is not None:
+            proc.terminate()
+
+
+def summarize(rows: list[dict], cfg: EvalConfig) -> dict:
+    n = max(len(rows), 1)
+    scored = [r for r in rows if r["score"] is not None]
+    mean = lambda xs: round(sum(xs) / len(xs), 3) if xs else None  # noqa: E731
+    cats: dict[str, list] = {}
+    for r in scored:
+        if r.get("category"):
+            cats.setdefault(str(r["category"]), []).append(r["score"])
+    return {"tasks": len(rows), "mean_score": mean([r["score"] for r in scored]),
+            "valid_render_rate": round(sum(r["valid"] for r in rows) / n, 3),
+            "unscorable_rate": round(sum(r["unscorable"] for r in rows) / n, 3),
+            "mean_latency_s": mean([r["latency_s"] for r in rows]), "mean_rounds": mean([r["rounds"] for r in rows]),
+            "per_category": {c: {"tasks": len(v), "mean_score": mean(v)} for c, v in sorted(cats.items())},
+            "data": cfg.data.source, "model": cfg.model.name, "engine": cfg.engine.kind, "critic": cfg.critic.backend,
+            "self_edit_rounds": cfg.self_edit.rounds, "self_edit_mode": cfg.self_edit.mode,
+            "critic_in_loop": cfg.self_edit.use_critic and cfg.critic.backend != "none"}
+
+
+def report(rows: list[dict], summary: dict) -> str:
+    """A self-contained gallery: one card per task with its screenshots, score, feedback and a link to the page."""
+    e = html_lib.escape
+    cards = []
+    for r in rows:
+        shots = "".join(f'<a href="{e(s)}"><img src="{e(s)}" loading="lazy"></a>' for s in r["screenshots"]) \
+            or f'<div class="none">no render: {e(str(r["reason"]))}</div>'
+        score = "n/a" if r["score"] is None else f'{r["score"]:g}'
+        cards.append(f'''<section><h2>{e(r["id"])} <small>{e(str(r.get("category") or ""))}</small>
+<span class="score">{score}</span></h2><p class="task">{e(r["prompt"])}</p><div class="shots">{shots}</div>
+<p><b>valid</b> {r["valid"]} {e(str(r["reason"] or ""))} &middot; <b>rounds</b> {r["rounds"]} ({e(r["stop"])})
+&middot; <b>latency</b> {r["latency_s"]:.1f} s &middot; <a href="{e(r["page"])}">open the page</a></p>
+<pre>{e(r["feedback"] or "")}</pre></section>''')
+    head = " &middot; ".join(f"<b>{e(k)}</b> {e(str(v))}" for k, v in summary.items() if k != "per_category")
+    return f'''<!doctype html><html><head><meta charset="utf-8"><title>ReLook evaluation</title><style>
+body{{font:14px system-ui,sans-serif;margin:24px;background:#fafafa}} section{{background:#fff;border:1px solid #ddd;
+padding:12px;margin:12px 0}} .shots img{{width:32%;margin-right:1%;border:1px solid #ccc}} .score{{float:right;
+font-size:22px}} pre{{white-space:pre-wrap;background:#f3f3f3;padding:8px}} .task{{color:#333}} .none{{color:#a00}}
+</style></head><body><h1>ReLook evaluation</h1><p>{head}</p>{"".join(cards)}</body></html>'''
+
+
+def _ray_up(cfg: EvalConfig) -> bool:
+    if cfg.ray == "off":
+        return False
+    import ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(address="auto", log_to_driver=False)
+        return True
+    except (ConnectionError, RuntimeError):
+        return False
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg, _ = resolve(dcfg)
+    from launch.tasks import load
+    try:
+        tasks = load(cfg.data.source, cfg.data.path, cfg.data.limit)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(cfg.out)
+    done = {r["id"] for r in done_rows(out / "results.jsonl")}
+    todo = [t for t in tasks if t["id"] not in done]
+    print(f"evaluate: {len(tasks)} task(s) from {cfg.data.source}, {len(tasks) - len(todo)} already done", flush=True)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="evaluate", dynamic_ncols=True)
+    sink = Sink(out, bar)
+    if todo:
+        if _ray_up(cfg):
+            import ray
+            try:
+                run_ray(cfg, todo, sink)
+            finally:
+                ray.shutdown()
+        else:
+            asyncio.run(run_local(cfg, todo, sink))
+    if bar is not None:
+        bar.close()
+    ids = {t["id"] for t in tasks}
+    rows = [r for r in done_rows(out / "results.jsonl") if r["id"] in ids]
+    summary = summarize(rows, cfg)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.html").write_text(report(rows, summary), encoding="utf-8")
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_category"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""What generate.py and evaluate.py share: their config schema and the inference stack in one process (the policy's
+engine, a Chromium renderer, the critic or none), plus writing a page and its screenshots to disk."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from actors.agent import Conversation
+from actors.config import SelfEditConfig
+from actors.engine import Batcher
+from actors.self_edit import EditResult, self_edit
+from critic_service.config import CriticConfig
+from render_farm.config import RenderConfig
+
+from .config import DataConfig, EngineConfig, ModelConfig
+
+
+@dataclass
+class GenerateConfig:
+    task: str = ""  # the request (required)
+    checklist: list[str] = field(default_factory=list)  # optional checks, for a critic
+    out: str = "page.html"  # the final page; screenshots are written beside it (<stem>-shot<k>.png)
+    seed: int = 0  # sampling seed
+    bench_repeats: int = 3  # with +bench=true: base/self-edit pairs timed, side by side
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    critic: CriticConfig = field(default_factory=lambda: CriticConfig(backend="none"))
+    render: RenderConfig = field(default_factory=RenderConfig)
+    self_edit: SelfEditConfig = field(default_factory=SelfEditConfig)
+
+
+@dataclass
+class EvalConfig:
+    out: str = "outputs/eval"  # results.jsonl, summary.json, report.html, pages/, shots/
+    ray: str = "auto"  # "auto": generate on rollout workers when a Ray cluster is up, else in this process; "off"
+    workers: int = 1  # rollout workers on a Ray cluster
+    concurrency: int = 2  # tasks in flight in this process (their generate calls are batched together)
+    seed: int = 0  # sampling seed
+    progress: bool = True  # a progress bar
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="webgen"))
+    self_edit: SelfEditConfig = field(default_factory=lambda: SelfEditConfig(use_critic=False))
+
+
+def resolve(dcfg: DictConfig, extras: tuple[str, ...] = ()):
+    """Hydra's config -> the typed dataclass, validated; a bad value exits 2 naming the key. `extras` are keys
+    allowed with `+key=value` (not in the schema); their values are returned beside the config."""
+    found = {}
+    with open_dict(dcfg):
+        for key in extras:
+            found[key] = dcfg.pop(key, None)
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+        checks = [("engine.kind", cfg.engine.kind in ("hf", "vllm"), "'hf' or 'vllm'")]
+        if hasattr(cfg, "ray"):
+            checks += [("ray", cfg.ray in ("auto", "off"), "'auto' or 'off'"),
+                       ("workers", cfg.workers >= 1, "an integer >= 1"),
+                       ("concurrency", cfg.concurrency >= 1, "an integer >= 1")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{key} is invalid: expected {allowed}")
+        cfg.self_edit.validate(), cfg.render.validate()
+        if cfg.critic.backend != "none":
+            cfg.critic.validate()
+    except Exception as e:  # OmegaConf's missing/typed-value errors and ours, before any work starts
+        print(f"config error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    return cfg, found
+
+
+class Stack:
+    """The policy engine, a renderer and the critic in this process: `await stack.run(task)` -> EditResult."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    async def __aenter__(self) -> "Stack":
+        from render_farm.renderer import Renderer
+        cfg = self.cfg
+        if cfg.engine.kind == "vllm":
+            from actors.vllm_engine import VLLMEngine
+            self.engine = VLLMEngine(cfg.model.name, seed=cfg.seed)
+        else:
+            from actors.engine import HFEngine
+            self.engine = HFEngine(cfg.model.name, seed=cfg.seed)
+        self.batcher = Batcher(self.engine)
+        self.conv = Conversation(self.engine.tokenizer, cfg.self_edit.system_prompt, cfg.self_edit.feedback_role)
+        self.renderer = await Renderer(cfg.render).__aenter__()
+        self.critic = None
+        if cfg.critic.backend != "none" and cfg.critic.url:
+            from critic_service.client import CriticClient
+            self.critic = CriticClient(cfg.critic.url)
+        elif cfg.critic.backend != "none":
+            from critic_service.service import make_backend
+            self.critic = make_backend(cfg.critic)
+        return self
+
+    async def run(self, task: dict, self_edit_cfg: SelfEditConfig | None = None) -> EditResult:
+        critique = self.critic.critique if self.critic is not None else None
+        return await self_edit(task, self.conv, self.batcher.generate, self.renderer.render,
+                               self_edit_cfg or self.cfg.self_edit, critique)
+
+    async def __aexit__(self, *exc) -> None:
+        await self.renderer.__aexit__(*exc)
+        if self.critic is not None:
+            await self.critic.aclose()
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
+
+def write_page(res: EditResult, out: Path) -> list[str]:
+    """The kept page at out (the model's raw reply when it held no page) and its screenshots beside it; returns the
+    screenshot paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(res.html if res.html is not None else res.reply, encoding="utf-8")
+    shots = []
+    for k, png in enumerate(res.page.screenshots if res.page is not None else []):
+        path = out.with_name(f"{out.stem}-shot{k}.png")
+        path.write_bytes(png)
+        shots.append(str(path))
+    return shots

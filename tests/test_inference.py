@@ -1,0 +1,135 @@
+"""launch/generate.py and launch/evaluate.py end to end with the tiny model, and each benchmark loader on the bundled
+data or a small fixture of the benchmark's documented format."""
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from launch import tasks
+
+from .conftest import ROOT
+
+TINY = ["model=tiny", "self_edit.max_new_tokens=24", "self_edit.edit_max_new_tokens=8"]
+
+
+def script(name, *args, timeout=300):
+    return subprocess.run([sys.executable, f"launch/{name}.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_webgen_and_web_bench_loaders_on_the_bundled_data(data_dir):
+    webgen = tasks.load("webgen")
+    assert len(webgen) == 101 and all(t["prompt"] and t["checklist"] for t in webgen)
+    assert tasks.load("webgen", limit=3) == webgen[:3]
+    web = tasks.load("web-bench")
+    assert sorted(t["id"] for t in web) == ["calculator", "flex", "float", "grid"]
+    calc = next(t for t in web if t["id"] == "calculator")
+    assert "calculator" in calc["prompt"] and "display" in calc["prompt"]  # the init task's description
+    one = tasks.load("web-bench", str(data_dir / "web-bench" / "flex" / "tasks.jsonl"))
+    assert [t["id"] for t in one] == ["flex"]
+
+
+def test_artifactsbench_loader_reads_json_arrays_and_jsonl(tmp_path):
+    rows = [{"index": 7, "question": "Make an SVG clock.", "checklist": ["Hands move.", "Numbers shown."],
+             "class": "SVG"}, {"index": 8, "question": "A game of snake.", "checklist": "The snake moves."}]
+    array, lines = tmp_path / "a.json", tmp_path / "a.jsonl"
+    array.write_text(json.dumps(rows))
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    for path in (array, lines):
+        got = tasks.load("artifactsbench", str(path))
+        assert [t["id"] for t in got] == ["7", "8"] and got[0]["category"] == "SVG"
+        assert got[0]["checklist"] == ["Hands move.", "Numbers shown."] and got[1]["checklist"] == ["The snake moves."]
+    with pytest.raises(ValueError, match="data.path is required"):
+        tasks.load("artifactsbench")
+
+
+def test_fullstack_loader_keeps_the_html_rows_from_jsonl_and_parquet(tmp_path):
+    rows = [{"id": 1, "content": "Build a login page.", "labels": {"programming_language": "html", "category": "Web"}},
+            {"id": 2, "content": "Sort a list.", "labels": {"programming_language": "python", "category": "Basic"}}]
+    jl, pqf = tmp_path / "fs.jsonl", tmp_path / "fs.parquet"
+    jl.write_text("\n".join(json.dumps(r) for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), pqf)
+    for path in (jl, pqf):
+        got = tasks.load("fullstack", str(path))
+        assert got == [{"id": "1", "prompt": "Build a login page.", "checklist": [], "category": "Web"}]
+
+
+def test_loaders_say_what_they_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        tasks.load("webgen", str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no index"}\n')
+    with pytest.raises(ValueError, match=r"lacks \['index'\]"):
+        tasks.load("artifactsbench", str(bad))
+    bad.write_text("not json at all\n")
+    with pytest.raises(ValueError, match="not JSON Lines"):
+        tasks.load("fullstack", str(bad))
+    with pytest.raises(ValueError, match="data.source='nope'"):
+        tasks.load("nope")
+
+
+def test_generate_runs_the_cycle_and_writes_its_files(tmp_path):
+    out = tmp_path / "page.html"
+    res = script("generate", *TINY, "task=a bakery landing page", f"out={out}", "self_edit.rounds=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 1 <= line["rounds"] <= 2 and line["stop"] in ("rounds", "no_change", "truncated", "edits_not_found",
+                                                           "page_unchanged", "not_improved")
+    assert len(line["history"]) == line["rounds"] + 1 and line["tokens"] > 0 and line["latency_s"] > 0
+    assert out.is_file() and line["out"] == str(out) and all(p.endswith(".png") for p in line["shots"])
+
+    bench = script("generate", *TINY, "task=a bakery landing page", f"out={out}", "+bench=true", "bench_repeats=2")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    b = json.loads(bench.stdout.strip().splitlines()[-1])["bench"]
+    assert len(b["pairs"]) == 2 and b["self_edit_vs_base_latency"] == pytest.approx(
+        b["self_edit_latency_s"] / b["base_latency_s"], rel=0.01)
+
+    missing = script("generate", "model=tiny", timeout=60)
+    assert missing.returncode == 2 and "task is required" in missing.stderr
+    bad = script("generate", "model=tiny", "task=x", "self_edit.mode=diff", timeout=60)
+    assert bad.returncode == 2 and "self_edit.mode='diff'" in bad.stderr
+
+
+def test_evaluate_writes_results_summary_report_and_resumes(tmp_path, data_dir):
+    out = tmp_path / "eval"
+    args = [*TINY, "data=web-bench", "data.limit=2", "ray=off", "progress=false", f"out={out}"]
+    first = script("evaluate", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["calculator", "flex"]
+    for r in rows:
+        assert (out / r["page"]).is_file() and r["score"] is not None and r["rounds"] >= 0
+        assert not r["valid"] and r["score"] == 0.0  # the tiny model writes no page: strictly zero
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == 2 and summary["valid_render_rate"] == 0.0 and summary["mean_score"] == 0.0
+    report = (out / "report.html").read_text()
+    assert report.count("<section>") == 2 and "pages/calculator.html" in report
+
+    again = script("evaluate", *args[:-2], "data.limit=3", "progress=false", f"out={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 already done" in again.stdout
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["calculator", "flex", "float"]  # only the new task ran
+
+    missing = script("evaluate", "model=tiny", "data=artifactsbench", f"out={tmp_path / 'x'}", timeout=60)
+    assert missing.returncode == 2 and "data.path is required" in missing.stderr
+
+
+def test_evaluate_generates_on_rollout_workers_when_a_ray_cluster_is_up(tmp_path, data_dir):
+    ray_cli = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else "ray"
+    env_start = subprocess.run([ray_cli, "start", "--head", "--num-cpus=6", "--include-dashboard=false",
+                                "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+    assert env_start.returncode == 0, env_start.stderr[-2000:]
+    try:
+        out = tmp_path / "eval"
+        res = script("evaluate", *TINY, "data=web-bench", "data.limit=2", "ray=auto", "workers=2", "progress=false",
+                     f"out={out}")
+        assert res.returncode == 0, res.stderr[-2000:]
+        rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == ["calculator", "flex"] and all(r["score"] == 0.0 for r in rows)
+        assert "on 2 rollout worker(s)" in res.stdout
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
