@@ -44,5 +44,10 @@ class RolloutWorker:
     def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
         return self.engine.logprobs(token_ids, temperature)
 
+    def reseed(self, seed: int) -> None:
+        """Sampling seed of the next generate calls (the HF engine samples with torch's global generator)."""
+        import torch
+        torch.manual_seed(seed)
+
     def version(self) -> int:
         return self.engine.version

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray
 from omegaconf import OmegaConf
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.dispatcher import stream_groups
 from actors.worker import RolloutWorker
@@ -49,8 +50,42 @@ def _task_pools(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     return task_sources.procedural("train"), task_sources.procedural("heldout")[:cfg.data.heldout_tasks]
 
 
-def rollout(workers: list, tasks: list[dict], in_flight: int) -> list:
-    return [t for _, group in stream_groups(workers, tasks, max_in_flight=in_flight) for t in group]
+def rollout(workers: list, tasks: list[dict], in_flight: int, stats: dict | None = None) -> list:
+    return [t for _, group in stream_groups(workers, tasks, max_in_flight=in_flight, stats=stats) for t in group]
+
+
+def push(learner: Learner, workers: list, attempts: int = 8) -> None:
+    """Push the weights to every worker; a worker that died (Ray restarts it with the base weights) gets them once
+    its constructor has run, so no step samples from a restarted worker's stale policy for long."""
+    for attempt in range(attempts):
+        try:
+            learner.push_weights(workers)
+            return
+        except (RayActorError, ActorUnavailableError) as e:
+            if attempt == attempts - 1:
+                raise
+            print(f"weight push: a rollout worker is restarting ({type(e).__name__}); retrying", flush=True)
+            time.sleep(min(2 ** attempt, 10))
+
+
+def _reseed(workers: list, seed: int, step: int) -> None:
+    """Sampling seeds as a function of (trainer.seed, step, worker), so a resumed step samples as the first run did."""
+    for i, w in enumerate(workers):
+        try:
+            ray.get(w.reseed.remote(seed * 1_000_003 + step * 1_009 + i), timeout=60)
+        except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            pass  # a worker being restarted: the dispatcher resubmits its groups; its constructor seeds it
+
+
+def _truncate_to(out: Path, step: int) -> None:
+    """A driver killed after writing step k's metrics but before its checkpoint: drop what the resumed run redoes."""
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+    for f in (out / "samples").glob("step-*.jsonl"):
+        if int(f.stem.split("-")[1]) > step:
+            f.unlink()
 
 
 def evaluate(workers: list, heldout: list[dict], in_flight: int) -> float:
@@ -143,7 +178,8 @@ def train(cfg: TrainConfig) -> dict:
             learner.load(str(ckpt))
             state = json.loads((ckpt / "trainer_state.json").read_text())
             start, learner.version = state["step"], state["policy_version"]
-            learner.push_weights(workers)
+            _truncate_to(out, start)
+            push(learner, workers)
             print(f"resumed from {ckpt} (step {start}, policy version {learner.version})", flush=True)
         print(f"learner ready ({cfg.learner.ranks} rank(s), ZeRO-{cfg.learner.zero_stage})", flush=True)
         train_pool, heldout = _task_pools(cfg)
@@ -159,13 +195,17 @@ def train(cfg: TrainConfig) -> dict:
             bar = tqdm(total=cfg.trainer.max_steps, initial=start, desc="relook", dynamic_ncols=True)
         for step in range(start + 1, cfg.trainer.max_steps + 1):
             batch = task_sources.batch_for_step(train_pool, step, cfg.data.tasks_per_step, cfg.data.seed)
-            t0 = time.perf_counter()
-            trajs = rollout(workers, batch, in_flight)
+            _reseed(workers, cfg.trainer.seed, step)
+            t0, stats = time.perf_counter(), {}
+            trajs = rollout(workers, batch, in_flight, stats)
             t1 = time.perf_counter()
+            version = learner.version
             learn = learner.step(trajs)
             t2 = time.perf_counter()
-            learner.push_weights(workers)
+            push(learner, workers)
             metrics = step_metrics(step, trajs, learn, t1 - t0, t2 - t1, time.perf_counter() - t2)
+            metrics["resubmitted_groups"] = stats.get("resubmitted", 0)  # groups re-run after a worker died
+            metrics["stale_trajectories"] = sum(t.policy_version != version for t in trajs)  # from a restarted worker
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
                 metrics["heldout_reward"] = evaluate(workers, heldout, in_flight)
             with open(out / "samples" / f"step-{step:06d}.jsonl", "w") as f:

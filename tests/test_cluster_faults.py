@@ -1,0 +1,107 @@
+"""`python launch/cluster.py` under faults: rollout and render workers killed mid-run, a critic backend that is down,
+and `kill -9` of the driver followed by `trainer.resume=auto`. The policy is the tiny model taught to write a real
+page, so that pages render and the critic is asked."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from actors.config import RolloutConfig
+from launch.tasks import batch_for_step, procedural
+
+from .conftest import ROOT
+from .test_actors_loop import taught_engine
+
+BASE = ["cluster.address=local", "rollout.group_size=2", "rollout.max_new_tokens=64", "trainer.wandb=disabled",
+        "trainer.progress=false", "learner.lr=1e-7"]
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    path = tmp_path_factory.mktemp("taught")
+    engine, _ = taught_engine(RolloutConfig())
+    engine.model.save_pretrained(path)
+    engine.tokenizer.save_pretrained(path)
+    return f"model.name={path}"
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "launch/cluster.py", *BASE, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def kill_one(name: str) -> int:
+    pids = subprocess.run(["pgrep", "-f", f"ray::{name}"], capture_output=True, text=True).stdout.split()
+    assert pids, f"no {name} process"
+    os.kill(int(pids[0]), signal.SIGKILL)
+    return int(pids[0])
+
+
+def samples(out, step):
+    return [json.loads(x) for x in (out / "samples" / f"step-{step:06d}.jsonl").read_text().splitlines()]
+
+
+def test_killed_rollout_and_render_workers_the_run_continues_without_duplicates(tmp_path, taught):
+    out = tmp_path / "run"
+    proc = start(taught, "trainer.max_steps=4", "rollout.workers=2", "cluster.render_workers=2",
+                 f"trainer.output_dir={out}")
+    wait_for(out / "samples" / "step-000001.jsonl", proc)
+    kill_one("RolloutWorker")
+    time.sleep(1.0)
+    kill_one("RenderWorker")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["policy_version"] == 4
+    pool = procedural("train")
+    for step in (1, 2, 3, 4):
+        got = sorted((s["task_id"], s["group_id"]) for s in samples(out, step))
+        want = sorted((t["id"], g) for t in batch_for_step(pool, step, 2, 0) for g in range(2))
+        assert got == want  # every group exactly once, in the planned data order
+    assert rows[0]["valid_render_rate"] > 0  # the taught policy writes pages: renders and critiques really ran
+
+
+def test_critic_backend_down_samples_are_unscorable_and_the_run_says_so(tmp_path, taught):
+    out = tmp_path / "run"
+    proc = start(taught, "critic=openai", "critic.openai_base_url=http://127.0.0.1:9/v1", "critic.retries=0",
+                 "trainer.max_steps=1", f"trainer.output_dir={out}")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["valid_render_rate"] > 0 and row["unscorable_rate"] > 0
+    assert row["unscorable_rate"] < 1 or "unscorable" in stdout
+    assert all(s["unscorable"] for s in samples(out, 1) if s["final_valid"])
+
+
+def test_kill_9_of_the_driver_then_resume_auto_continues_in_the_same_data_order(tmp_path, taught):
+    out = tmp_path / "run"
+    proc = start(taught, "trainer.max_steps=3", f"trainer.output_dir={out}")
+    wait_for(out / "checkpoints" / "step-000001", proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray's processes die with it
+    proc.communicate()
+    time.sleep(2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # and anything else of that run left behind (the critic service)
+    except ProcessLookupError:
+        pass
+    resumed = start(taught, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert "resumed from" in stdout
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["policy_version"] for r in rows] == [1, 2, 3]
+    pool = procedural("train")
+    for step in (2, 3):
+        assert sorted({s["task_id"] for s in samples(out, step)}) == sorted(t["id"] for t in batch_for_step(pool, step, 2, 0))
