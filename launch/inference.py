@@ -22,7 +22,7 @@ from .config import DataConfig, EngineConfig, ModelConfig
 class GenerateConfig:
     task: str = ""  # the request (required)
     checklist: list[str] = field(default_factory=list)  # optional checks, for a critic
-    out: str = "page.html"  # the final page; screenshots are written beside it (<stem>-shot<k>.png)
+    out: str = "outputs/page.html"  # the final page; screenshots are written beside it (<stem>-shot<k>.png)
     seed: int = 0  # sampling seed
     bench_repeats: int = 3  # with +bench=true: base/self-edit pairs timed, side by side
     model: ModelConfig = field(default_factory=ModelConfig)
