@@ -2,6 +2,7 @@
 engine, a Chromium renderer, the critic or none), plus writing a page and its screenshots to disk."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ def resolve(dcfg: DictConfig, extras: tuple[str, ...] = ()):
         for key, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{key} is invalid: expected {allowed}")
+        if cfg.engine.kind == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: scripts/setup-vllm.sh); use engine=hf")
         cfg.self_edit.validate(), cfg.render.validate()
         if cfg.critic.backend != "none":
             cfg.critic.validate()
