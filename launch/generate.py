@@ -61,7 +61,8 @@ async def generate(cfg: GenerateConfig, bench: bool) -> dict:
                                 "self_edit_vs_base_latency": round(statistics.median(edit) / statistics.median(base), 3),
                                 "rounds_configured": se.rounds, "mode": se.mode, "engine": cfg.engine.kind,
                                 "model": cfg.model.name, "pairs": rows}}
-    shots = write_page(res, Path(cfg.out))
+    out = Path(cfg.out)
+    shots = [str(p) for p in write_page(res, out, out.parent, f"{out.stem}-shot")]
     return {"out": cfg.out, "shots": shots, **res.to_json(), "feedback": res.feedback, **report}
 
 

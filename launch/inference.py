@@ -2,7 +2,6 @@
 engine, a Chromium renderer, the critic or none), plus writing a page and its screenshots to disk."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from actors.agent import Conversation
 from actors.config import SelfEditConfig
-from actors.engine import Batcher
+from actors.engine import Batcher, make_engine
 from actors.self_edit import EditResult, self_edit
 from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
@@ -32,6 +31,9 @@ class GenerateConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     self_edit: SelfEditConfig = field(default_factory=SelfEditConfig)
 
+    def validate(self) -> "GenerateConfig":
+        return _validate_parts(self)
+
 
 @dataclass
 class EvalConfig:
@@ -48,6 +50,22 @@ class EvalConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(source="webgen"))
     self_edit: SelfEditConfig = field(default_factory=lambda: SelfEditConfig(use_critic=False))
 
+    def validate(self) -> "EvalConfig":
+        checks = [("ray", self.ray in ("auto", "off"), "'auto' or 'off'"),
+                  ("workers", self.workers >= 1, "an integer >= 1"),
+                  ("concurrency", self.concurrency >= 1, "an integer >= 1")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{key}={getattr(self, key)!r} is invalid: expected {allowed}")
+        return _validate_parts(self)
+
+
+def _validate_parts(cfg):
+    cfg.engine.validate(), cfg.self_edit.validate(), cfg.render.validate()
+    if cfg.critic.backend != "none":  # "none" is an inference-only choice the critic's own schema does not allow
+        cfg.critic.validate()
+    return cfg
+
 
 def resolve(dcfg: DictConfig, extras: tuple[str, ...] = ()):
     """Hydra's config -> the typed dataclass, validated; a bad value exits 2 naming the key. `extras` are keys
@@ -57,20 +75,7 @@ def resolve(dcfg: DictConfig, extras: tuple[str, ...] = ()):
         for key in extras:
             found[key] = dcfg.pop(key, None)
     try:
-        cfg = OmegaConf.to_object(dcfg)
-        checks = [("engine.kind", cfg.engine.kind in ("hf", "vllm"), "'hf' or 'vllm'")]
-        if hasattr(cfg, "ray"):
-            checks += [("ray", cfg.ray in ("auto", "off"), "'auto' or 'off'"),
-                       ("workers", cfg.workers >= 1, "an integer >= 1"),
-                       ("concurrency", cfg.concurrency >= 1, "an integer >= 1")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{key} is invalid: expected {allowed}")
-        if cfg.engine.kind == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: scripts/setup-vllm.sh); use engine=hf")
-        cfg.self_edit.validate(), cfg.render.validate()
-        if cfg.critic.backend != "none":
-            cfg.critic.validate()
+        cfg = OmegaConf.to_object(dcfg).validate()
     except Exception as e:  # OmegaConf's missing/typed-value errors and ours, before any work starts
         print(f"config error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -86,12 +91,7 @@ class Stack:
     async def __aenter__(self) -> "Stack":
         from render_farm.renderer import Renderer
         cfg = self.cfg
-        if cfg.engine.kind == "vllm":
-            from actors.vllm_engine import VLLMEngine
-            self.engine = VLLMEngine(cfg.model.name, seed=cfg.seed)
-        else:
-            from actors.engine import HFEngine
-            self.engine = HFEngine(cfg.model.name, seed=cfg.seed)
+        self.engine = make_engine(cfg.engine.kind, cfg.model.name, cfg.seed)
         self.batcher = Batcher(self.engine)
         self.conv = Conversation(self.engine.tokenizer, cfg.self_edit.system_prompt, cfg.self_edit.feedback_role)
         self.renderer = await Renderer(cfg.render).__aenter__()
@@ -117,14 +117,14 @@ class Stack:
             self.engine.close()
 
 
-def write_page(res: EditResult, out: Path) -> list[str]:
-    """The kept page at out (the model's raw reply when it held no page) and its screenshots beside it; returns the
-    screenshot paths."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(res.html if res.html is not None else res.reply, encoding="utf-8")
+def write_page(res: EditResult, page: Path, shots_dir: Path, shot_prefix: str) -> list[Path]:
+    """The kept page at `page` (the model's raw reply when it held no page) and its screenshots as
+    shots_dir/<shot_prefix><k>.png; returns the screenshot paths."""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    shots_dir.mkdir(parents=True, exist_ok=True)
+    page.write_text(res.html if res.html is not None else res.reply, encoding="utf-8")
     shots = []
     for k, png in enumerate(res.page.screenshots if res.page is not None else []):
-        path = out.with_name(f"{out.stem}-shot{k}.png")
-        path.write_bytes(png)
-        shots.append(str(path))
+        shots.append(shots_dir / f"{shot_prefix}{k}.png")
+        shots[-1].write_bytes(png)
     return shots

@@ -70,7 +70,6 @@ def test_killed_rollout_and_render_workers_the_run_continues_without_duplicates(
         got = sorted((s["task_id"], s["group_id"]) for s in samples(out, step))
         want = sorted((t["id"], g) for t in batch_for_step(pool, step, 2, 0) for g in range(2))
         assert got == want  # every group exactly once, in the planned data order
-    print("resubmitted", [r["resubmitted_groups"] for r in rows], "stale", [r["stale_trajectories"] for r in rows])
     assert rows[0]["valid_render_rate"] > 0  # the taught policy writes pages: renders and critiques really ran
 
 

@@ -108,7 +108,7 @@ def test_evaluate_writes_results_summary_report_and_resumes(tmp_path, data_dir):
     report = (out / "report.html").read_text()
     assert report.count("<section>") == 2 and "pages/calculator.html" in report
 
-    again = script("evaluate", *args[:-2], "data.limit=3", "progress=false", f"out={out}")
+    again = script("evaluate", *TINY, "data=web-bench", "data.limit=3", "ray=off", "progress=false", f"out={out}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 already done" in again.stdout
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
