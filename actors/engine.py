@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from learner.weight_sync import Receiver, gpu_uuid
+
 from .models import load_model, load_tokenizer
 
 
@@ -34,11 +36,15 @@ class Completion:
 class HFEngine:
     """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available."""
 
-    def __init__(self, model: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
+    def __init__(self, model: str, dtype: torch.dtype | None = None, device: str = "auto", seed: int = 0):
+        if device == "auto":  # a Ray actor sees a GPU only if it was given one (num_gpus)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, dtype).to(device)
         self.device = device
         self.version = 0
+        self.receiver = Receiver()  # broadcast / cuda_ipc pushes (learner/weight_sync.py)
         self._lock = threading.Lock()  # one generate at a time; weight loads wait for it
         if device == "cpu":  # Ray pins an actor to one thread; in synchronous RL the learner idles during rollouts
             torch.set_num_threads(os.cpu_count() or 1)
@@ -92,6 +98,26 @@ class HFEngine:
         with self._lock:
             self.model.load_state_dict(state_dict)
             self.version = version
+
+    # --- the receive side of broadcast / cuda_ipc pushes ---
+
+    def weight_info(self) -> dict:
+        cuda = self.device == "cuda"
+        return {"device": self.device, "gpu_uuid": gpu_uuid() if cuda else None, "group_id": self.receiver.group_id}
+
+    def join_weight_group(self, group_id: str, backend: str, master: str, port: int, rank: int, world: int,
+                          timeout_s: float) -> None:
+        self.receiver.join(group_id, backend, master, port, rank, world, timeout_s)
+
+    @torch.no_grad()
+    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
+        params = dict(self.model.named_parameters())  # tied weights appear once, as on the learner
+        with self._lock:
+            for part in self.receiver.receive(transport, buckets, handles):
+                for name, tensor in part.items():
+                    params[name].copy_(tensor)
+            self.version = version
+        return version
 
 
 def make_engine(kind: str, model: str, seed: int = 0):

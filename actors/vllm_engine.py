@@ -13,6 +13,24 @@ from .models import load_tokenizer, resolve
 class WeightReceiver:
     """Mixed into vLLM's worker (`worker_extension_cls`): runs inside each vLLM worker process."""
 
+    def join_weight_group(self, *args) -> None:
+        from learner.weight_sync import Receiver
+        self.receiver = getattr(self, "receiver", None) or Receiver()
+        self.receiver.join(*args)
+
+    def receive_pushed_weights(self, transport: str, buckets: list, handles: list | None) -> None:
+        """broadcast / cuda_ipc: every bucket streams into one in-place reload (vLLM reloads a model as a whole)."""
+        from learner.weight_sync import Receiver
+        self.receiver = getattr(self, "receiver", None) or Receiver()
+        parts = self.receiver.receive(transport, buckets, handles)
+        self.reload_weights(weights_iterator=(kv for part in parts for kv in part.items()))
+
+    def weight_device(self) -> dict:
+        from learner.weight_sync import gpu_uuid
+        cuda = self.device.type == "cuda"
+        return {"device": self.device.type, "gpu_uuid": gpu_uuid(self.device) if cuda else None,
+                "group_id": getattr(getattr(self, "receiver", None), "group_id", None)}
+
     def load_pushed_weights(self, payload: bytes) -> int:
         from safetensors.torch import load
         state_dict = load(payload)  # RPC arguments are serialised: tensors travel as one safetensors blob
@@ -59,6 +77,19 @@ class VLLMEngine:
     def close(self) -> None:
         """Stop vLLM's engine-core process now; left to interpreter exit, its teardown can abort the process."""
         self.llm.llm_engine.engine_core.shutdown()
+
+    def weight_info(self) -> dict:
+        (info,) = self.llm.collective_rpc("weight_device")  # one worker: tensor parallel size 1
+        return info
+
+    def join_weight_group(self, *args) -> None:
+        self.llm.collective_rpc("join_weight_group", args=args)
+
+    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
+        self.llm.collective_rpc("receive_pushed_weights", args=(transport, buckets, handles))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return version
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         from safetensors.torch import save

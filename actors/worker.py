@@ -37,6 +37,15 @@ class RolloutWorker:
         self.engine.load_weights(state_dict, version)
         return version
 
+    def weight_info(self) -> dict:
+        return self.engine.weight_info()
+
+    def join_weight_group(self, *args) -> None:
+        self.engine.join_weight_group(*args)
+
+    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
+        return self.engine.receive_weights(transport, buckets, version, handles)
+
     def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
         return self.engine.logprobs(token_ids, temperature)
 

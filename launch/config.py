@@ -46,7 +46,13 @@ class ClusterConfig:
     address: str = "auto"  # "auto": join a running Ray cluster if there is one, else start a local one; "local": always local
     num_cpus: int = 0  # logical CPUs of a local Ray (0 = max(8, machine's))
     render_workers: int = 1  # render-farm actors (one Chromium each)
+    placement: str = "pack"  # the run's placement group: "pack" / "spread" / "strict_pack" bundles, or "none" (Ray's default)
+    colocate: bool = False  # learner rank i and rollout worker i share one bundle and its GPU (weights pushed by CUDA IPC)
     learner_cpus: float = 1.0  # CPUs reserved per learner rank
+    learner_gpus: float = -1.0  # GPUs per learner rank; -1 = 1 if the cluster has GPUs (0.5 colocated), else 0
+    rollout_cpus: float = 1.0  # CPUs reserved per rollout worker
+    rollout_gpus: float = -1.0  # GPUs per rollout worker (its engine); -1 as for learner_gpus
+    placement_timeout_s: float = 120.0  # a placement group that does not fit within this fails the run, saying why
 
 
 @dataclass
@@ -82,6 +88,7 @@ class TrainConfig:
             ("data.source", self.data.source in DATA_SOURCES, f"one of {list(DATA_SOURCES)}"),
             ("data.tasks_per_step", self.data.tasks_per_step >= 1, "an integer >= 1"),
             ("cluster.address", self.cluster.address in ("auto", "local") or self.cluster.address.startswith(("ray://", "http")) or ":" in self.cluster.address, "'auto', 'local' or a Ray address"),
+            ("cluster.placement", self.cluster.placement in ("pack", "spread", "strict_pack", "none"), "'pack', 'spread', 'strict_pack' or 'none'"),
             ("trainer.max_steps", self.trainer.max_steps >= 1, "an integer >= 1"),
             ("trainer.save_every", self.trainer.save_every >= 1, "an integer >= 1"),
             ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
@@ -89,6 +96,8 @@ class TrainConfig:
         for key, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{key}={_get(self, key)!r} is invalid: expected {allowed}")
+        from .placement import plan
+        plan(self.cluster, self.learner.ranks, self.rollout.workers, cluster_gpus=0)  # impossible layouts fail here
         return self
 
 

@@ -17,6 +17,7 @@ from critic_service.process import answers, start_local
 from learner.learner import Learner, prune_checkpoints
 from render_farm.farm import RenderFarm
 
+from . import placement
 from . import tasks as task_sources
 from .config import TrainConfig
 
@@ -56,13 +57,16 @@ def rollout(workers: list, tasks: list[dict], in_flight: int, stats: dict | None
 
 def push(learner: Learner, workers: list, attempts: int = 8) -> None:
     """Push the weights to every worker; a worker that died (Ray restarts it with the base weights) gets them once
-    its constructor has run, so no step samples from a restarted worker's stale policy for long."""
+    its constructor has run, so no step samples from a restarted worker's stale policy for long. A broadcast cut
+    by a death can leave the others waiting out the group's timeout: one timeout is retried (a new group forms)."""
+    timeouts = 0
     for attempt in range(attempts):
         try:
             learner.push_weights(workers)
             return
-        except (RayActorError, ActorUnavailableError) as e:
-            if attempt == attempts - 1:
+        except (RayActorError, ActorUnavailableError, TimeoutError) as e:
+            timeouts += isinstance(e, TimeoutError)
+            if attempt == attempts - 1 or timeouts > 1:
                 raise
             print(f"weight push: a rollout worker is restarting ({type(e).__name__}); retrying", flush=True)
             time.sleep(min(2 ** attempt, 10))
@@ -153,7 +157,7 @@ def train(cfg: TrainConfig) -> dict:
     (out / "checkpoints").mkdir(exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     _ray_init(cfg)
-    critic_proc = None
+    critic_proc, layout = None, None
     try:
         if cfg.critic.url:
             url = cfg.critic.url
@@ -163,14 +167,19 @@ def train(cfg: TrainConfig) -> dict:
             url, critic_proc = start_local(cfg.critic)
         print(f"critic service: {url}", flush=True)
         cfg.render.workers = cfg.cluster.render_workers
-        farm = RenderFarm(cfg.render)
-        workers = [RolloutWorker.options(num_cpus=1).remote(cfg.model.name, cfg.rollout, farm.workers, url,
-                                                            seed=cfg.trainer.seed + i, engine=cfg.engine.kind)
-                   for i in range(cfg.rollout.workers)]
-        print(f"{len(workers)} rollout worker(s), {cfg.render.workers} render worker(s); starting the learner", flush=True)
+        layout = placement.plan(cfg.cluster, cfg.learner.ranks, cfg.rollout.workers, ray.cluster_resources().get("GPU", 0))
+        placement.reserve(layout, cfg.cluster.placement_timeout_s)
+        farm = RenderFarm(cfg.render, placement=[placement.options(layout, b) for b in layout.render])
+        workers = [RolloutWorker.options(num_cpus=cfg.cluster.rollout_cpus, num_gpus=layout.rollout_gpus,
+                                         **placement.options(layout, b)).remote(
+                       cfg.model.name, cfg.rollout, farm.workers, url, seed=cfg.trainer.seed + i, engine=cfg.engine.kind)
+                   for i, b in enumerate(layout.rollout)]
+        print(f"{len(workers)} rollout worker(s), {cfg.render.workers} render worker(s), placement {layout.strategy} "
+              f"({len(layout.bundles)} bundles{', colocated' if cfg.cluster.colocate else ''}); starting the learner", flush=True)
         per_step = cfg.data.tasks_per_step * cfg.rollout.group_size
         cfg.learner.seed = cfg.trainer.seed
-        learner = Learner(cfg.model.name, cfg.learner, cfg.rollout.temperature, per_step, cfg.cluster.learner_cpus)
+        learner = Learner(cfg.model.name, cfg.learner, cfg.rollout.temperature, per_step, cfg.cluster.learner_cpus,
+                          layout.learner_gpus, [placement.options(layout, b) for b in layout.learner])
         start = 0
         ckpt = (_latest_checkpoint(out) if cfg.trainer.resume == "auto" else
                 None if cfg.trainer.resume == "never" else Path(cfg.trainer.resume))
@@ -204,6 +213,7 @@ def train(cfg: TrainConfig) -> dict:
             t2 = time.perf_counter()
             push(learner, workers)
             metrics = step_metrics(step, trajs, learn, t1 - t0, t2 - t1, time.perf_counter() - t2)
+            metrics["weight_sync"] = learner.last_transport
             metrics["resubmitted_groups"] = stats.get("resubmitted", 0)  # groups re-run after a worker died
             metrics["stale_trajectories"] = sum(t.policy_version != version for t in trajs)  # from a restarted worker
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
@@ -238,4 +248,6 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         if critic_proc is not None:
             critic_proc.terminate()
+        if layout is not None:
+            placement.release(layout)  # on a shared cluster the group would outlive the driver otherwise
         ray.shutdown()

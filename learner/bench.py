@@ -22,10 +22,11 @@ def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
              "reward": float(i % 4) / 3, "unscorable": False} for i in range(n)]
 
 
-def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: int) -> list[float]:
-    """The same GRPO step written as a plain single-process torch loop."""
+def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: int, device: str) -> list[float]:
+    """The same GRPO step written as a plain single-process torch loop (on GPU: bf16 autocast over fp32 weights,
+    as DeepSpeed's bf16 mode keeps fp32 master weights)."""
     from actors.models import load_model, load_tokenizer
-    policy, ref = load_model(model_name).train(), load_model(model_name).requires_grad_(False)
+    policy, ref = load_model(model_name).to(device).train(), load_model(model_name).to(device).requires_grad_(False)
     pad = load_tokenizer(model_name).pad_token_id
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     rewards = torch.tensor([r["reward"] for r in rows])
@@ -37,7 +38,7 @@ def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: i
     for _ in range(steps):
         t = time.perf_counter()
         for mb in micro_batches(samples, cfg.micro_batch_size, -(-len(samples) // cfg.micro_batch_size)):
-            b = collate(mb, pad)
+            b = {k: v.to(device) for k, v in collate(mb, pad).items()}
             logits = policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
             logp = algos.token_logprobs(logits, b["labels"])
             loss_tok, _ = algos.policy_loss(logp, b["old_logprobs"], b["advantages"], cfg.clip_low, cfg.clip_high)
@@ -48,36 +49,54 @@ def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: i
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return times
 
 
 def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, steps: int = 3) -> dict:
+    """On CPU the engine is a separate actor (object store vs gloo broadcast); on a GPU it shares the learner's GPU in
+    one placement-group bundle (object store vs CUDA IPC). Pushes of the transports alternate, 3 each."""
     from actors.config import RolloutConfig
     from actors.models import load_tokenizer
     from actors.worker import RolloutWorker
+    from launch import placement
+    from launch.config import ClusterConfig
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, num_cpus=4)
+    gpu = torch.cuda.is_available()
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, num_cpus=4, num_gpus=int(gpu))
     cfg = LearnerConfig(ranks=1, zero_stage=2, lr=1e-6, kl_coef=0.001, micro_batch_size=4)
     rows = _batch(trajectories, length, length // 4, len(load_tokenizer(model)))
-    learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=trajectories, cpus_per_rank=2)
+    layout = placement.reserve(placement.plan(ClusterConfig(colocate=True, placement="strict_pack", render_workers=0,
+                                                            learner_cpus=2), 1, 1, cluster_gpus=int(gpu)), 60)
+    learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=trajectories, cpus_per_rank=2,
+                      gpus_per_rank=layout.learner_gpus, placement=[placement.options(layout, 0)])
     ds_times = []
     for _ in range(steps + 1):  # first step warms up
         t = time.perf_counter()
         learner.step(rows)
         ds_times.append(time.perf_counter() - t)
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-    th_times = _torch_steps(model, cfg, rows, steps + 1)
-    worker = RolloutWorker.remote(model, RolloutConfig(), [], "http://127.0.0.1:9")
+    th_times = _torch_steps(model, cfg, rows, steps + 1, "cuda" if gpu else "cpu")
+    worker = RolloutWorker.options(num_cpus=1, num_gpus=layout.rollout_gpus, **placement.options(layout, 0)).remote(
+        model, RolloutConfig(), [], None)
     ray.get(worker.version.remote())
-    pushes = []
+    transports = ["object_store", "cuda_ipc" if gpu else "broadcast"]
+    pushes = {t: [] for t in transports}
+    learner.push_weights([worker], transport=transports[1])  # forms the weight group / warms up
     for _ in range(3):
-        t = time.perf_counter()
-        learner.push_weights([worker])
-        pushes.append(time.perf_counter() - t)
+        for name in transports:
+            t = time.perf_counter()
+            learner.push_weights([worker], transport=name)
+            pushes[name].append(time.perf_counter() - t)
+    auto = learner.pick_transport([worker])
     ds, th = statistics.median(ds_times[1:]), statistics.median(th_times[1:])
-    weights_gb = sum(v.numel() * v.element_size() for v in learner.state_dict().values()) / 1e9
+    weights_gb = sum(m.nbytes for m in ray.get(learner.ranks[0].weight_metas.remote())) / 1e9
     ray.shutdown()
-    return {"model": model, "batch": f"{trajectories}x{length} tokens", "deepspeed_step_s": round(ds, 3),
-            "torch_step_s": round(th, 3), "deepspeed_vs_torch_step_ratio": round(ds / th, 3),
-            "weight_push_s": round(statistics.median(pushes), 3), "weights_gb": round(weights_gb, 3)}
+    return {"model": model, "device": "cuda" if gpu else "cpu", "batch": f"{trajectories}x{length} tokens",
+            "deepspeed_step_s": round(ds, 3), "torch_step_s": round(th, 3),
+            "deepspeed_vs_torch_step_ratio": round(ds / th, 3), "weight_push_transport": auto,
+            "weight_push_s": round(statistics.median(pushes[auto]), 3),
+            "weight_push_s_by_transport": {k: round(statistics.median(v), 3) for k, v in pushes.items()},
+            "weights_gb": round(weights_gb, 3)}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .weight_sync import TRANSPORTS
+
 
 @dataclass
 class LearnerConfig:
@@ -21,6 +23,8 @@ class LearnerConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     bf16: bool = True  # bf16 on GPU (CPU always trains in fp32)
     seed: int = 0  # torch / python RNG seed on every rank
+    weight_sync: str = "auto"  # push transport: auto, object_store, broadcast (NCCL/gloo group) or cuda_ipc (same GPU)
+    bucket_mb: float = 256.0  # broadcast / cuda_ipc: weights travel in buckets of about this many MiB
     push_timeout_s: float = 120.0  # a weight push that takes longer raises instead of hanging
     keep_checkpoints: int = 3  # checkpoints kept in trainer.output_dir/checkpoints
 
@@ -34,6 +38,8 @@ class LearnerConfig:
             ("kl_coef", self.kl_coef >= 0, ">= 0 (0 disables the reference model)"),
             ("micro_batch_size", self.micro_batch_size >= 1, "an integer >= 1"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+            ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),
+            ("bucket_mb", self.bucket_mb > 0, "> 0"),
         ]
         for key, ok, allowed in checks:
             if not ok:

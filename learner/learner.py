@@ -6,11 +6,14 @@ import math
 import os
 import shutil
 import socket
+import time
+import uuid
 
 import ray
 import torch
 
 from . import core_algos as algos
+from . import weight_sync as ws
 from .batch import shard
 from .config import LearnerConfig
 from .rank import LearnerRank
@@ -22,18 +25,22 @@ def _as_dict(t) -> dict:
 
 class Learner:
     def __init__(self, model: str, cfg: LearnerConfig, temperature: float, trajectories_per_step: int,
-                 cpus_per_rank: float = 1.0):
+                 cpus_per_rank: float = 1.0, gpus_per_rank: float | None = None, placement: list[dict] | None = None):
+        """gpus_per_rank: None = 1 where the learner trains on CUDA; placement: per-rank Ray options (a bundle of the
+        run's placement group, launch/placement.py)."""
         self.cfg = cfg.validate()
         per_rank = math.ceil(trajectories_per_step / cfg.ranks)
         gas = cfg.micro_batches_per_step or max(1, math.ceil(per_rank / cfg.micro_batch_size))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        gpus = 1 if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else 0
-        self.ranks = [LearnerRank.options(num_cpus=cpus_per_rank, num_gpus=gpus).remote(
-            model, cfg, r, cfg.ranks, "127.0.0.1", port, gas, temperature) for r in range(cfg.ranks)]
+        gpus = gpus_per_rank if gpus_per_rank is not None else (
+            1 if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else 0)
+        self.ranks = [LearnerRank.options(num_cpus=cpus_per_rank, num_gpus=gpus, **(placement[r] if placement else {}))
+                      .remote(model, cfg, r, cfg.ranks, "127.0.0.1", port, gas, temperature) for r in range(cfg.ranks)]
         ray.get([r.ready.remote() for r in self.ranks])
         self.version = 0
+        self._bucket_plan, self._group, self._group_size, self.last_transport = None, None, 0, None
 
     def step(self, trajectories: list) -> dict:
         """One GRPO update on a batch of groups; bumps the policy version. Returns metrics."""
@@ -57,25 +64,90 @@ class Learner:
                 "train_tokens": global_tokens, "policy_version": self.version}
 
     def logprobs(self, token_ids: list[int]) -> list[float]:
-        return ray.get(self.ranks[0].logprobs.remote(token_ids))
+        """Every rank runs the forward (under ZeRO-3 each holds a slice of the weights); rank 0's answer."""
+        return ray.get([r.logprobs.remote(token_ids) for r in self.ranks])[0]
 
     def state_dict(self) -> dict:
         return ray.get([r.state_dict.remote() for r in self.ranks])[0]
 
-    def push_weights(self, engines: list, timeout_s: float | None = None) -> int:
-        """Full weights to every rollout engine through one Ray object-store put; returns the new policy version.
-        Engines expose `load_weights.remote(state_dict, version)`. Raises TimeoutError instead of hanging."""
+    def push_weights(self, engines: list, timeout_s: float | None = None, transport: str | None = None) -> int:
+        """Full weights to every rollout engine (learner/weight_sync.py); returns the new policy version. Engines
+        expose `load_weights`, `weight_info`, `join_weight_group` and `receive_weights`. Raises TimeoutError
+        instead of hanging."""
         timeout_s = timeout_s or self.cfg.push_timeout_s
-        (ref,) = [r for refs in ray.get([rank.put_state_dict.remote() for rank in self.ranks]) for r in refs]
-        acks = [e.load_weights.remote(ref, self.version) for e in engines]
-        ready, pending = ray.wait(acks, num_returns=len(acks), timeout=timeout_s)
-        if pending:
-            for a in pending:
-                ray.cancel(a, force=False)
-            raise TimeoutError(f"weight push of policy version {self.version} reached {len(ready)} of {len(acks)} "
-                               f"engines within learner.push_timeout_s={timeout_s:g} s")
-        ray.get(ready)
+        transport = transport or self.cfg.weight_sync
+        if transport == "auto":
+            transport = self.pick_transport(engines)
+        if transport == "object_store":
+            (ref,) = [r for refs in ray.get([rank.put_state_dict.remote() for rank in self.ranks]) for r in refs]
+            self._wait([e.load_weights.remote(ref, self.version) for e in engines], len(engines), timeout_s)
+        elif transport == "broadcast":
+            self._join_weight_group(engines, timeout_s)
+            sends = [rank.send_weights.remote("broadcast", self._buckets()) for rank in self.ranks]
+            acks = [e.receive_weights.remote("broadcast", self._buckets(), self.version) for e in engines]
+            try:
+                self._wait(acks + sends, len(engines), timeout_s)
+            except Exception:
+                self._group = None  # members may be stuck mid-collective: the next push forms a new group
+                raise
+        elif transport == "cuda_ipc":
+            handles = [h for h in ray.get([r.send_weights.remote("cuda_ipc", self._buckets()) for r in self.ranks]) if h][0]
+            try:
+                self._wait([e.receive_weights.remote("cuda_ipc", self._buckets(), self.version, handles)
+                            for e in engines], len(engines), timeout_s)
+            finally:
+                ray.get(self.ranks[0].free_shared.remote())
+        else:
+            raise ValueError(f"learner.weight_sync={transport!r} is invalid: expected one of {list(ws.TRANSPORTS)}")
+        self.last_transport = transport
         return self.version
+
+    def pick_transport(self, engines: list) -> str:
+        """auto: CUDA IPC when every engine shares rank 0's GPU, a broadcast when they are all on other GPUs, the
+        object store on CPU (measured faster than a gloo broadcast there: `python -m learner bench`)."""
+        me = ray.get(self.ranks[0].weight_info.remote())
+        if me["device"] != "cuda":
+            return "object_store"
+        gpus = [i["gpu_uuid"] for i in ray.get([e.weight_info.remote() for e in engines])]
+        if all(g == me["gpu_uuid"] for g in gpus):
+            return "cuda_ipc"
+        if all(g is not None and g != me["gpu_uuid"] for g in gpus):
+            return "broadcast"
+        return "object_store"
+
+    def _buckets(self) -> list:
+        if self._bucket_plan is None:
+            metas = ray.get(self.ranks[0].weight_metas.remote())
+            self._bucket_plan = ws.plan_buckets(metas, int(self.cfg.bucket_mb * 2**20))
+        return self._bucket_plan
+
+    def _join_weight_group(self, engines: list, timeout_s: float) -> None:
+        """Form the weight group once; again when its membership changed (an engine restarted by Ray has none)."""
+        infos = ray.get([e.weight_info.remote() for e in engines], timeout=timeout_s)
+        if self._group is not None and all(i["group_id"] == self._group for i in infos) and len(infos) == self._group_size:
+            return
+        me = ray.get(self.ranks[0].weight_info.remote())
+        backend = "nccl" if me["device"] == "cuda" and all(i["gpu_uuid"] for i in infos) else "gloo"
+        group, world = uuid.uuid4().hex, len(engines) + 1
+        joins = [e.join_weight_group.remote(group, backend, me["ip"], me["port"], i + 1, world, timeout_s)
+                 for i, e in enumerate(engines)]
+        joins.append(self.ranks[0].join_weight_group.remote(group, backend, me["port"], world, timeout_s))
+        self._wait(joins, len(engines), timeout_s, what="weight group of")
+        self._group, self._group_size = group, len(engines)
+
+    def _wait(self, refs: list, engines: int, timeout_s: float, what: str = "weight push of") -> None:
+        """Wait for every call (engines' first); a failed one raises at once (a dead engine must not leave the push
+        waiting out the timeout), one not done by the deadline raises TimeoutError."""
+        deadline, pending = time.monotonic() + timeout_s, list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                for a in pending:
+                    ray.cancel(a, force=False)
+                reached = sum(r not in pending for r in refs[:engines])
+                raise TimeoutError(f"{what} policy version {self.version} reached {reached} of {engines} "
+                                   f"engines within learner.push_timeout_s={timeout_s:g} s")
+            ray.get(ready)
 
     def save(self, directory: str, extra_files: dict[str, str] | None = None) -> str:
         """Checkpoint into `directory` atomically: written to a temporary sibling, renamed into place."""

@@ -10,6 +10,7 @@ import ray
 import torch
 
 from . import core_algos as algos
+from . import weight_sync as ws
 from .batch import collate, micro_batches
 from .config import LearnerConfig
 
@@ -34,8 +35,8 @@ class LearnerRank:
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)))
+        os.environ["DS_ACCELERATOR"] = device  # not inherited from the driver: a CPU test session sets "cpu"
         if device == "cpu":
-            os.environ["DS_ACCELERATOR"] = "cpu"
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))  # DeepSpeed's JIT op, built once
         _clear_stale_build_locks(pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]))
@@ -85,15 +86,14 @@ class LearnerRank:
             loss = algos.global_token_mean(loss_tok, mask, global_tokens) * self.world
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()  # DeepSpeed updates only at the accumulation boundary
-            with torch.no_grad():
-                sums["loss"] += float((loss_tok * mask).sum())
-                sums["kl"] += float((kl * mask).sum())
-                sums["clipped"] += float((clipped * mask).sum())
-                sums["entropy"] += float((algos.entropy(logits) * mask).sum())
-                sums["tokens"] += float(mask.sum())
+            with torch.no_grad():  # summed on the device: one host sync per step, not five per micro-batch
+                for key, value in (("loss", loss_tok), ("kl", kl), ("clipped", clipped),
+                                   ("entropy", algos.entropy(logits)), ("tokens", torch.ones_like(logp))):
+                    sums[key] = sums[key] + (value * mask).sum()
+        out = {k: float(v) for k, v in sums.items()}
         norm = self.engine.get_global_grad_norm()
-        sums["grad_norm"] = float(norm) if norm is not None else 0.0
-        return sums
+        out["grad_norm"] = float(norm) if norm is not None else 0.0
+        return out
 
     @torch.no_grad()
     def logprobs(self, token_ids: list[int]) -> list[float]:
@@ -116,6 +116,55 @@ class LearnerRank:
         """Weights into the Ray object store once; the ref (in a list, so Ray does not resolve it) is what engines read."""
         sd = self.state_dict()
         return [ray.put(sd)] if self.rank == 0 else []
+
+    # --- weight push: the send side of learner/weight_sync.py ---
+
+    def weight_info(self) -> dict:
+        """Where this rank's weights live, and a free port for a weight group's rendezvous (rank 0 hosts it)."""
+        import socket
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        cuda = self.device.type == "cuda"
+        return {"device": self.device.type, "gpu_uuid": ws.gpu_uuid(self.device) if cuda else None,
+                "ip": ray.util.get_node_ip_address(), "port": port}
+
+    def weight_metas(self) -> list:
+        """Every parameter once (tied weights share one), with its full shape even when ZeRO-3 partitions it."""
+        return [ws.TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for n, p in self.engine.module.named_parameters()]
+
+    def join_weight_group(self, group_id: str, backend: str, port: int, world: int, timeout_s: float) -> None:
+        self.weight_group = ws.weight_group(backend, ray.util.get_node_ip_address(), port, 0, world, timeout_s)
+        self.weight_backend = backend
+
+    def send_weights(self, transport: str, buckets: list) -> list | None:
+        """Every rank calls this together (ZeRO-3 gathers each bucket's parameters); rank 0 sends. For cuda_ipc it
+        returns the buckets' IPC handles and keeps the buffers until free_shared."""
+        import contextlib
+
+        import deepspeed
+        params = dict(self.engine.module.named_parameters())
+        handles, self.shared = [], []
+        for metas in buckets:
+            tensors = [params[m[0]] for m in metas]
+            gather = (deepspeed.zero.GatheredParameters(tensors, modifier_rank=None) if self.cfg.zero_stage == 3
+                      else contextlib.nullcontext())
+            with gather, torch.no_grad():
+                if self.rank != 0:
+                    continue
+                flat = ws.pack(tensors)  # [bucket bytes] on the learner's device
+                if transport == "cuda_ipc":
+                    self.shared.append(flat)
+                    handles.append(ws.share_cuda(flat))
+                else:
+                    ws.broadcast(self.weight_group, flat.to("cuda" if self.weight_backend == "nccl" else "cpu"))
+        return handles if self.rank == 0 and transport == "cuda_ipc" else None
+
+    def free_shared(self) -> None:
+        self.shared = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def save(self, path: str) -> None:
         """DeepSpeed state (model, optimizer) + this rank's RNG; rank 0 also writes the Hugging Face model."""

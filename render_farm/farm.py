@@ -11,13 +11,13 @@ import hashlib
 import ray
 
 from .config import RenderConfig
-from .renderer import Renderer
 from .result import RenderRequest, RenderResult
 
 
 @ray.remote(max_restarts=-1, max_task_retries=2)
 class RenderWorker:
     def __init__(self, cfg: RenderConfig):
+        from .renderer import Renderer  # Playwright is imported where Chromium runs, not by every client
         self.renderer = Renderer(cfg)
 
     async def render(self, request: RenderRequest) -> RenderResult:
@@ -30,12 +30,14 @@ class RenderWorker:
 class RenderFarm:
     """Client side of the pool: `await farm.render(html)`, `farm.render_batch([...])` (blocking)."""
 
-    def __init__(self, cfg: RenderConfig | None = None, workers: list | None = None):
+    def __init__(self, cfg: RenderConfig | None = None, workers: list | None = None, placement: list[dict] | None = None):
         self.cfg = (cfg or RenderConfig()).validate()
         # Each worker reserves a CPU for its Chromium; pages in flight per worker come from cfg.concurrency.
+        # placement: per-worker Ray options (a placement-group bundle), from launch/placement.py.
         self.workers = workers or [
-            RenderWorker.options(num_cpus=1, max_concurrency=max(8, 4 * self.cfg.concurrency)).remote(self.cfg)
-            for _ in range(self.cfg.workers)]
+            RenderWorker.options(num_cpus=1, max_concurrency=max(8, 4 * self.cfg.concurrency),
+                                 **(placement[i] if placement else {})).remote(self.cfg)
+            for i in range(self.cfg.workers)]
 
     def _worker_for(self, request: RenderRequest):
         digest = hashlib.blake2b(request.html.encode("utf-8", "surrogatepass"), digest_size=8).digest()

@@ -22,6 +22,8 @@ def test_two_steps_then_resume_runs_only_step_three(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and [r["policy_version"] for r in rows] == [1, 2]
+    assert "placement PACK (3 bundles)" in first.stdout  # learner rank, rollout worker, render worker
+    assert rows[0]["weight_sync"] == "object_store"  # auto, on CPU
     for key in ("reward_mean", "valid_render_rate", "unscorable_rate", "kl", "loss", "rollout_s", "learn_s",
                 "push_s", "renders_per_s", "tokens_per_s", "overlap_ratio"):
         assert key in rows[0]
@@ -44,8 +46,22 @@ def test_config_errors_fail_fast_naming_the_key():
     assert unknown.returncode != 0 and "nope" in unknown.stderr
     bad = cluster("learner.zero_stage=5", timeout=60)
     assert bad.returncode == 2 and "learner.zero_stage=5" in bad.stderr and "1, 2 or 3" in bad.stderr
+    colocated = cluster("cluster.colocate=true", "rollout.workers=2", timeout=60)
+    assert colocated.returncode == 2 and "learner.ranks=1 and rollout.workers=2 must be equal" in colocated.stderr
     bad_group = cluster("critic=gpt4", timeout=60)
     assert bad_group.returncode != 0 and "critic" in bad_group.stderr
+
+
+def test_placement_plan_bundles():
+    from launch.config import ClusterConfig
+    from launch.placement import plan
+    cpu = plan(ClusterConfig(render_workers=2), learner_ranks=1, rollout_workers=2, cluster_gpus=0)
+    assert cpu.bundles == [{"CPU": 1.0}] * 3 + [{"CPU": 1}] * 2 and (cpu.learner, cpu.rollout, cpu.render) == ([0], [1, 2], [3, 4])
+    gpu = plan(ClusterConfig(learner_cpus=4), learner_ranks=2, rollout_workers=2, cluster_gpus=8)
+    assert gpu.bundles[:4] == [{"CPU": 4.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0, "GPU": 1.0}] * 2
+    shared = plan(ClusterConfig(colocate=True, placement="strict_pack"), 1, 1, cluster_gpus=1)
+    assert shared.bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1}] and shared.learner == shared.rollout == [0]
+    assert shared.learner_gpus == shared.rollout_gpus == 0.5 and shared.strategy == "STRICT_PACK"
 
 
 def test_unreachable_critic_url_fails_before_training(tmp_path):

@@ -81,15 +81,42 @@ def test_checkpoint_resume_is_bit_identical_and_loads_in_transformers(tmp_path):
     assert not os.path.exists(path + ".tmp")
 
 
-def test_weight_push_makes_engines_match_the_learner():
-    learner = make()
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_weight_push_makes_engines_match_the_learner(transport):
+    # small buckets: the tiny model travels in several; a short timeout bounds a broadcast cut by the kill below
+    learner = make(weight_sync=transport, bucket_mb=0.5, push_timeout_s=20)
     rows = with_old_logprobs(learner, batch(seed=3))
     learner.step(rows)
-    worker = RolloutWorker.remote("tiny", RolloutConfig(), [], "http://127.0.0.1:9")
+    workers = [RolloutWorker.remote("tiny", RolloutConfig(), [], "http://127.0.0.1:9") for _ in range(2)]
     seq = rows[0]["token_ids"]
-    assert ray.get(worker.logprobs.remote(seq)) != pytest.approx(learner.logprobs(seq), abs=1e-4)  # stale
-    version = learner.push_weights([worker])
-    assert version == 1 and ray.get(worker.version.remote()) == 1
+    assert ray.get(workers[0].logprobs.remote(seq)) != pytest.approx(learner.logprobs(seq), abs=1e-4)  # stale
+    for version in (1, 2):
+        assert learner.push_weights(workers) == version and learner.last_transport == transport
+        for w in workers:
+            assert ray.get(w.version.remote()) == version
+            assert ray.get(w.logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
+        learner.step(with_old_logprobs(learner, batch(seed=4)))
+    if transport == "broadcast":
+        assert len(learner._buckets()) > 1
+        group = learner._group
+        ray.kill(workers[1], no_restart=False)  # Ray restarts it with the base weights and no weight group
+        for _ in range(10):  # as launch/trainer.py's push: a push that meets the dying worker fails fast; retry
+            try:
+                learner.push_weights(workers)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, TimeoutError):
+                time.sleep(1)
+        assert learner._group != group  # membership changed: a new group was formed
+        assert ray.get(workers[1].logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
+
+
+def test_broadcast_push_gathers_zero3_partitions_from_two_ranks():
+    learner = make(ranks=2, zero_stage=3, weight_sync="broadcast", bucket_mb=0.5)
+    rows = with_old_logprobs(learner, batch(seed=5))
+    learner.step(rows)
+    worker = RolloutWorker.remote("tiny", RolloutConfig(), [], "http://127.0.0.1:9")
+    learner.push_weights([worker])
+    seq = rows[1]["token_ids"]
     assert ray.get(worker.logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
 
 
@@ -98,9 +125,16 @@ class StalledEngine:
     def load_weights(self, state_dict, version):
         time.sleep(60)
 
+    def weight_info(self):
+        return {"device": "cpu", "gpu_uuid": None, "group_id": None}
 
-def test_stalled_push_times_out_with_a_clear_error():
-    learner = make()
+    def join_weight_group(self, *args):
+        time.sleep(60)
+
+
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_stalled_push_times_out_with_a_clear_error(transport):
+    learner = make(weight_sync=transport)
     t = time.perf_counter()
     with pytest.raises(TimeoutError, match="reached 0 of 1 engines within learner.push_timeout_s=1"):
         learner.push_weights([StalledEngine.remote()], timeout_s=1)

@@ -65,3 +65,17 @@ def test_logprobs_and_entropy():
     assert token_logprobs(logits, labels).tolist()[0] == pytest.approx([math.log(0.5), math.log(0.75)])
     assert entropy(logits).tolist()[0] == pytest.approx([math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])
     assert token_logprobs(logits, labels, temperature=2.0).tolist()[0][0] == pytest.approx(math.log(0.5))
+
+
+def test_weight_buckets_pack_and_unpack_exactly():
+    from learner.weight_sync import TensorMeta, pack, plan_buckets, unpack
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(10).to(torch.bfloat16), "c": torch.arange(6).view(2, 3),
+               "d": torch.randn(40)}
+    metas = [TensorMeta(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()]
+    assert [m.nbytes for m in metas] == [48, 20, 48, 160]
+    buckets = plan_buckets(metas, bucket_bytes=100)
+    assert [[m.name for m in b] for b in buckets] == [["a", "b"], ["c"], ["d"]]  # d is over the size: on its own
+    for b in buckets:
+        out = unpack(pack([tensors[m.name] for m in b]), b)
+        for m in b:
+            assert out[m.name].dtype == tensors[m.name].dtype and torch.equal(out[m.name], tensors[m.name])
