@@ -111,7 +111,7 @@ class HFEngine:
 
     @torch.no_grad()
     def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
-        params = dict(self.model.named_parameters())  # tied weights appear once, as on the learner
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under each name
         with self._lock:
             for part in self.receiver.receive(transport, buckets, handles):
                 for name, tensor in part.items():

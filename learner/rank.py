@@ -130,9 +130,10 @@ class LearnerRank:
                 "ip": ray.util.get_node_ip_address(), "port": port}
 
     def weight_metas(self) -> list:
-        """Every parameter once (tied weights share one), with its full shape even when ZeRO-3 partitions it."""
+        """Every parameter name with its full shape (even where ZeRO-3 partitions it). A tied weight goes under each of
+        its names: vLLM's in-place reload keeps the old values of a name it is not sent."""
         return [ws.TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for n, p in self.engine.module.named_parameters()]
+                for n, p in self.engine.module.named_parameters(remove_duplicate=False)]
 
     def join_weight_group(self, group_id: str, backend: str, port: int, world: int, timeout_s: float) -> None:
         self.weight_group = ws.weight_group(backend, ray.util.get_node_ip_address(), port, 0, world, timeout_s)
@@ -144,11 +145,12 @@ class LearnerRank:
         import contextlib
 
         import deepspeed
-        params = dict(self.engine.module.named_parameters())
+        params = dict(self.engine.module.named_parameters(remove_duplicate=False))
         handles, self.shared = [], []
         for metas in buckets:
             tensors = [params[m[0]] for m in metas]
-            gather = (deepspeed.zero.GatheredParameters(tensors, modifier_rank=None) if self.cfg.zero_stage == 3
+            unique = list(dict.fromkeys(tensors))  # a tied weight is gathered once
+            gather = (deepspeed.zero.GatheredParameters(unique, modifier_rank=None) if self.cfg.zero_stage == 3
                       else contextlib.nullcontext())
             with gather, torch.no_grad():
                 if self.rank != 0:
