@@ -14,7 +14,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from actors.dispatcher import stream_groups
 from actors.worker import RolloutWorker
 from critic_service.process import answers, start_local
-from learner.learner import Learner, prune_checkpoints
+from learner.learner import Learner, PushInterrupted, prune_checkpoints
 from render_farm.farm import RenderFarm
 
 from . import placement
@@ -64,7 +64,7 @@ def push(learner: Learner, workers: list, attempts: int = 8) -> None:
         try:
             learner.push_weights(workers)
             return
-        except (RayActorError, ActorUnavailableError, TimeoutError) as e:
+        except (RayActorError, ActorUnavailableError, PushInterrupted, TimeoutError) as e:
             timeouts += isinstance(e, TimeoutError)
             if attempt == attempts - 1 or timeouts > 1:
                 raise

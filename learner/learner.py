@@ -19,6 +19,10 @@ from .config import LearnerConfig
 from .rank import LearnerRank
 
 
+class PushInterrupted(RuntimeError):
+    """A broadcast push broke off (a member died mid-collective); the next push forms a new group."""
+
+
 def _as_dict(t) -> dict:
     return t if isinstance(t, dict) else t.__dict__
 
@@ -87,6 +91,9 @@ class Learner:
             acks = [e.receive_weights.remote("broadcast", self._buckets(), self.version) for e in engines]
             try:
                 self._wait(acks + sends, len(engines), timeout_s)
+            except ray.exceptions.RayTaskError as e:  # e.g. gloo's "connection reset": a member died mid-collective
+                self._group = None
+                raise PushInterrupted(f"weight broadcast of policy version {self.version} broke off: {e}") from e
             except Exception:
                 self._group = None  # members may be stuck mid-collective: the next push forms a new group
                 raise

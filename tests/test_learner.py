@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from actors.config import RolloutConfig
 from actors.worker import RolloutWorker
 from learner.config import LearnerConfig
-from learner.learner import Learner
+from learner.learner import Learner, PushInterrupted
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,7 +104,7 @@ def test_weight_push_makes_engines_match_the_learner(transport):
             try:
                 learner.push_weights(workers)
                 break
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, TimeoutError):
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, PushInterrupted, TimeoutError):
                 time.sleep(1)
         assert learner._group != group  # membership changed: a new group was formed
         assert ray.get(workers[1].logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
@@ -118,6 +118,52 @@ def test_broadcast_push_gathers_zero3_partitions_from_two_ranks():
     learner.push_weights([worker])
     seq = rows[1]["token_ids"]
     assert ray.get(worker.logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
+
+
+@ray.remote(max_restarts=1)
+class DyingEngine:
+    """An HF engine whose process dies as the first broadcast reaches it, with the other members mid-collective."""
+
+    def __init__(self, flag: str):
+        from actors.engine import HFEngine
+        self.engine, self.flag = HFEngine("tiny"), flag
+
+    def weight_info(self):
+        return self.engine.weight_info()
+
+    def join_weight_group(self, *args):
+        self.engine.join_weight_group(*args)
+
+    def receive_weights(self, *args):
+        if os.path.exists(self.flag):
+            os.remove(self.flag)
+            os._exit(1)
+        return self.engine.receive_weights(*args)
+
+    def logprobs(self, seq):
+        return self.engine.logprobs(seq)
+
+
+def test_broadcast_cut_by_a_dying_engine_fails_fast_then_a_new_group_delivers(tmp_path):
+    learner = make(weight_sync="broadcast", bucket_mb=0.5, push_timeout_s=20)
+    rows = with_old_logprobs(learner, batch(seed=6))
+    learner.step(rows)
+    flag = tmp_path / "die"
+    flag.touch()
+    engines = [RolloutWorker.remote("tiny", RolloutConfig(), [], None), DyingEngine.remote(str(flag))]
+    t = time.perf_counter()
+    with pytest.raises((PushInterrupted, ray.exceptions.RayActorError)):
+        learner.push_weights(engines)
+    assert time.perf_counter() - t < 15 and learner._group is None  # not the 20 s timeout; the group is dropped
+    for _ in range(10):  # launch/trainer.py's push retries the same way while Ray restarts the engine
+        try:
+            learner.push_weights(engines)
+            break
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, PushInterrupted, TimeoutError):
+            time.sleep(1)
+    seq = rows[0]["token_ids"]
+    for e in engines:
+        assert ray.get(e.logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
 
 
 @ray.remote
