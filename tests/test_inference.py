@@ -84,8 +84,9 @@ def test_generate_runs_the_cycle_and_writes_its_files(tmp_path):
     bench = script("generate", *TINY, "task=a bakery landing page", f"out={out}", "+bench=true", "bench_repeats=2")
     assert bench.returncode == 0, bench.stderr[-2000:]
     b = json.loads(bench.stdout.strip().splitlines()[-1])["bench"]
+    # the medians are printed rounded to ms: with the tiny model's ~40 ms that alone is ~1% of the ratio
     assert len(b["pairs"]) == 2 and b["self_edit_vs_base_latency"] == pytest.approx(
-        b["self_edit_latency_s"] / b["base_latency_s"], rel=0.01)
+        b["self_edit_latency_s"] / b["base_latency_s"], rel=0.05)
 
     missing = script("generate", "model=tiny", timeout=60)
     assert missing.returncode == 2 and "task is required" in missing.stderr
