@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import time
 import uuid
 
@@ -35,9 +34,7 @@ class Learner:
         self.cfg = cfg.validate()
         per_rank = math.ceil(trajectories_per_step / cfg.ranks)
         gas = cfg.micro_batches_per_step or max(1, math.ceil(per_rank / cfg.micro_batch_size))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = ws.free_port("127.0.0.1")
         gpus = gpus_per_rank if gpus_per_rank is not None else (
             1 if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else 0)
         self.ranks = [LearnerRank.options(num_cpus=cpus_per_rank, num_gpus=gpus, **(placement[r] if placement else {}))
@@ -139,7 +136,7 @@ class Learner:
         group, world = uuid.uuid4().hex, len(engines) + 1
         joins = [e.join_weight_group.remote(group, backend, me["ip"], me["port"], i + 1, world, timeout_s)
                  for i, e in enumerate(engines)]
-        joins.append(self.ranks[0].join_weight_group.remote(group, backend, me["port"], world, timeout_s))
+        joins.append(self.ranks[0].join_weight_group.remote(backend, me["port"], world, timeout_s))
         self._wait(joins, len(engines), timeout_s, what="weight group of")
         self._group, self._group_size = group, len(engines)
 

@@ -121,13 +121,9 @@ class LearnerRank:
 
     def weight_info(self) -> dict:
         """Where this rank's weights live, and a free port for a weight group's rendezvous (rank 0 hosts it)."""
-        import socket
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
         cuda = self.device.type == "cuda"
         return {"device": self.device.type, "gpu_uuid": ws.gpu_uuid(self.device) if cuda else None,
-                "ip": ray.util.get_node_ip_address(), "port": port}
+                "ip": ray.util.get_node_ip_address(), "port": ws.free_port()}
 
     def weight_metas(self) -> list:
         """Every parameter name with its full shape (even where ZeRO-3 partitions it). A tied weight goes under each of
@@ -135,7 +131,7 @@ class LearnerRank:
         return [ws.TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
                 for n, p in self.engine.module.named_parameters(remove_duplicate=False)]
 
-    def join_weight_group(self, group_id: str, backend: str, port: int, world: int, timeout_s: float) -> None:
+    def join_weight_group(self, backend: str, port: int, world: int, timeout_s: float) -> None:
         self.weight_group = ws.weight_group(backend, ray.util.get_node_ip_address(), port, 0, world, timeout_s)
         self.weight_backend = backend
 

@@ -61,6 +61,14 @@ def unpack(flat: torch.Tensor, metas: list[TensorMeta]) -> dict[str, torch.Tenso
     return out
 
 
+def free_port(host: str = "") -> int:
+    """A port free right now on this node, for a rendezvous (the DeepSpeed group's or a weight group's)."""
+    import socket
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def weight_group(backend: str, master: str, port: int, rank: int, world: int, timeout_s: float):
     """A process group of its own (not the default one, which a learner rank already uses for DeepSpeed).
     Rank 0 hosts the rendezvous store; a member that never joins makes the others fail after timeout_s."""
