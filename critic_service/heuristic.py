@@ -157,6 +157,29 @@ def _dom(req: CritiqueRequest) -> dict:
     return {"text": text, "text_chars": len(text), "counts": parser.counts, "title": ""}
 
 
+def _layout(content: np.ndarray, dom: dict, text: str) -> tuple[float, list[str]]:
+    """content [H, W] bool (pixels that are not the background) -> (layout score 0..1, feedback sentences)."""
+    notes = []
+    coverage = float(content.mean())
+    ys, xs = np.nonzero(content)
+    spread = ((ys.max() - ys.min()) * (xs.max() - xs.min()) / content.size) if len(ys) else 0.0
+    scroll = dom.get("scroll", {})
+    overflow = scroll.get("width", 0) > scroll.get("viewport", [10**9])[0] + 1
+    layout = [coverage >= 0.03, spread >= 0.25, dom.get("text_chars", len(text)) >= 150, not overflow]
+    if coverage < 0.03:
+        notes.append(f"The first screen is nearly empty ({coverage:.1%} of it carries content): put the main "
+                     f"sections above the fold.")
+    if spread < 0.25:
+        notes.append("The content sits in a small corner of the viewport: use a full-width layout with a centred "
+                     "container (max-width around 1200px).")
+    if dom.get("text_chars", len(text)) < 150:
+        notes.append("The page has very little text: add headings and descriptive copy for each feature.")
+    if overflow:
+        notes.append(f"The page overflows horizontally ({scroll['width']}px wide in a {scroll['viewport'][0]}px "
+                     f"viewport): constrain widths (max-width: 100%, flex-wrap) so nothing sticks out.")
+    return sum(layout) / len(layout), notes
+
+
 def critique(req: CritiqueRequest) -> Critique:
     if not req.screenshots:
         return Critique.failed("no_screenshots", NAME, "the heuristic critic judges renders: send the screenshots")
@@ -205,24 +228,8 @@ def critique(req: CritiqueRequest) -> Critique:
         for k in absent:
             notes.append(f"The task needs {k} but the page has none: {_KINDS[k][2]}.")
 
-    coverage = float(content.mean())
-    ys, xs = np.nonzero(content.reshape(last.shape[:2]))
-    spread = ((ys.max() - ys.min()) * (xs.max() - xs.min()) / (last.shape[0] * last.shape[1])) if len(ys) else 0.0
-    scroll = dom.get("scroll", {})
-    overflow = scroll.get("width", 0) > scroll.get("viewport", [10**9])[0] + 1
-    layout = [coverage >= 0.03, spread >= 0.25, dom.get("text_chars", len(text)) >= 150, not overflow]
-    earned["layout"] = sum(layout) / len(layout)
-    if coverage < 0.03:
-        notes.append(f"The first screen is nearly empty ({coverage:.1%} of it carries content): put the main "
-                     f"sections above the fold.")
-    if spread < 0.25:
-        notes.append("The content sits in a small corner of the viewport: use a full-width layout with a centred "
-                     "container (max-width around 1200px).")
-    if dom.get("text_chars", len(text)) < 150:
-        notes.append("The page has very little text: add headings and descriptive copy for each feature.")
-    if overflow:
-        notes.append(f"The page overflows horizontally ({scroll['width']}px wide in a {scroll['viewport'][0]}px "
-                     f"viewport): constrain widths (max-width: 100%, flex-wrap) so nothing sticks out.")
+    earned["layout"], layout_notes = _layout(content.reshape(last.shape[:2]), dom, text)
+    notes += layout_notes
 
     earned["errors"] = 0.0 if req.errors else 1.0
     if req.errors:

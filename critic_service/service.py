@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from common.cache import LRU
 
 from . import heuristic
 from .config import CriticConfig
@@ -43,7 +44,7 @@ class CriticService:
         self.cfg = cfg.validate()
         self.backend = backend or make_backend(cfg)
         self.sem = asyncio.Semaphore(cfg.max_concurrency)
-        self.cache: OrderedDict[str, Critique] = OrderedDict()
+        self.cache: LRU[Critique] = LRU(cfg.cache_entries)  # bounded by entries
         self.pending: dict[str, asyncio.Future] = {}  # identical requests in flight share one backend call
         r = self.registry = CollectorRegistry()
         self.m_requests = Counter("critic_requests", "critique requests by HTTP status", ["status"], registry=r)
@@ -70,7 +71,6 @@ class CriticService:
         t = time.perf_counter()
         key = req.key()
         if (hit := self.cache.get(key)) is not None:
-            self.cache.move_to_end(key)
             self.m_cache.inc()
             return Critique(**{**hit.__dict__, "cached": True, "latency_ms": round((time.perf_counter() - t) * 1e3, 2)})
         if key in self.pending:
@@ -96,10 +96,8 @@ class CriticService:
             self.pending.pop(key, None)
         if result.unscorable:
             self.m_unscorable.labels(result.reason).inc()
-        elif self.cfg.cache_entries:
-            self.cache[key] = result
-            while len(self.cache) > self.cfg.cache_entries:
-                self.cache.popitem(last=False)
+        else:
+            self.cache.put(key, result)
         result.latency_ms = round((time.perf_counter() - t) * 1e3, 2)
         return result
 

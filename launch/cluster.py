@@ -20,12 +20,20 @@ ConfigStore.instance().store(name="base_config", node=TrainConfig)
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     try:
         cfg: TrainConfig = OmegaConf.to_object(dcfg)
         cfg.validate()
     except ValueError as e:  # a bad value or an impossible combination: before any work starts
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # every job of a sweep trains (and resumes) in a folder of its own
+        from launch.run_io import hydra_job_dir
+        user_set = any(o.split("=", 1)[0].lstrip("+~") == "trainer.output_dir" for o in hc.overrides.task)
+        cfg.trainer.output_dir = hydra_job_dir(cfg.trainer.output_dir, user_set)
+        print(f"sweep job {hc.job.num}: trainer.output_dir={cfg.trainer.output_dir}", flush=True)
     from launch.trainer import train
     train(cfg)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.config import RolloutConfig
+from common.checks import check
 from critic_service.config import CriticConfig
 from learner.config import LearnerConfig
 from render_farm.config import RenderConfig
@@ -21,8 +22,7 @@ class EngineConfig:
     kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; needs vllm installed)
 
     def validate(self) -> "EngineConfig":
-        if self.kind not in ("hf", "vllm"):
-            raise ValueError(f"engine.kind={self.kind!r} is invalid: expected 'hf' or 'vllm'")
+        check("engine", self, [("kind", self.kind in ("hf", "vllm"), "'hf' or 'vllm'")])
         if self.kind == "vllm":
             import importlib.util
             if importlib.util.find_spec("vllm") is None:
@@ -45,7 +45,6 @@ class DataConfig:
 class ClusterConfig:
     address: str = "auto"  # "auto": join a running Ray cluster if there is one, else start a local one; "local": always local
     num_cpus: int = 0  # logical CPUs of a local Ray (0 = max(8, machine's))
-    render_workers: int = 1  # render-farm actors (one Chromium each)
     placement: str = "pack"  # the run's placement group: "pack" / "spread" / "strict_pack" bundles, or "none" (Ray's default)
     colocate: bool = False  # learner rank i and rollout worker i share one bundle and its GPU (weights pushed by CUDA IPC)
     learner_cpus: float = 1.0  # CPUs reserved per learner rank
@@ -54,15 +53,26 @@ class ClusterConfig:
     rollout_gpus: float = -1.0  # GPUs per rollout worker (its engine); -1 as for learner_gpus
     placement_timeout_s: float = 120.0  # a placement group that does not fit within this fails the run, saying why
 
+    def validate(self, learner_ranks: int, rollout_workers: int) -> "ClusterConfig":
+        check("cluster", self, [
+            ("address", self.address in ("auto", "local") or self.address.startswith(("ray://", "http"))
+             or ":" in self.address, "'auto', 'local' or a Ray address"),
+            ("placement", self.placement in ("pack", "spread", "strict_pack", "none"),
+             "'pack', 'spread', 'strict_pack' or 'none'")])
+        if self.colocate and learner_ranks != rollout_workers:
+            raise ValueError(f"cluster.colocate=true pairs learner rank i with rollout worker i: learner.ranks="
+                             f"{learner_ranks} and rollout.workers={rollout_workers} must be equal")
+        return self
+
 
 @dataclass
 class TrainerConfig:
     max_steps: int = 2  # RL steps of this run (a resumed run stops at the same number)
-    output_dir: str = "outputs/run"  # metrics.jsonl, samples/, checkpoints/, config.yaml
+    output_dir: str = "outputs/run"  # metrics.jsonl, samples/, checkpoints/, config.yaml, critic.log; under -m each sweep job gets its own (hydra's sweep dir, or <output_dir>/<job number> when set)
     resume: str = "auto"  # "auto": continue from the latest checkpoint in output_dir; "never"; or a checkpoint path
     save_every: int = 1  # checkpoint every N steps (and at the end)
     eval_every: int = 0  # mean reward on held-out tasks every N steps (0 = never)
-    seed: int = 0  # learner and sampling seeds
+    seed: int = 0  # sampling seeds (per step and worker); also the learner's when learner.seed is -1
     wandb: str = "offline"  # wandb mode: "offline", "online" (needs a key) or "disabled"
     wandb_project: str = "relook"  # wandb project name
     progress: bool = True  # a progress bar with the live figures
@@ -84,24 +94,15 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for part in (self.engine, self.critic, self.render, self.learner, self.rollout):
             part.validate()
-        checks = [
+        self.cluster.validate(self.learner.ranks, self.rollout.workers)
+        return check("", self, [
             ("data.source", self.data.source in DATA_SOURCES, f"one of {list(DATA_SOURCES)}"),
             ("data.tasks_per_step", self.data.tasks_per_step >= 1, "an integer >= 1"),
-            ("cluster.address", self.cluster.address in ("auto", "local") or self.cluster.address.startswith(("ray://", "http")) or ":" in self.cluster.address, "'auto', 'local' or a Ray address"),
-            ("cluster.placement", self.cluster.placement in ("pack", "spread", "strict_pack", "none"), "'pack', 'spread', 'strict_pack' or 'none'"),
             ("trainer.max_steps", self.trainer.max_steps >= 1, "an integer >= 1"),
             ("trainer.save_every", self.trainer.save_every >= 1, "an integer >= 1"),
             ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
-        ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{key}={_get(self, key)!r} is invalid: expected {allowed}")
-        from .placement import plan
-        plan(self.cluster, self.learner.ranks, self.rollout.workers, cluster_gpus=0)  # impossible layouts fail here
-        return self
+        ])
 
-
-def _get(obj, dotted: str):
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+    def learner_seed(self) -> int:
+        """The one derived value: learner.seed, or trainer.seed where learner.seed is -1 (the default)."""
+        return self.learner.seed if self.learner.seed >= 0 else self.trainer.seed

@@ -9,6 +9,7 @@ Generation runs on rollout workers when a Ray cluster is up (`ray=auto`), otherw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html as html_lib
 import json
 import os
@@ -80,16 +81,16 @@ def run_ray(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
     import ray
 
     from actors.config import RolloutConfig
-    from actors.worker import RolloutWorker
-    from critic_service.process import start_local
+    from actors.worker import rollout_worker
+    from critic_service.process import endpoint
     from render_farm.farm import RenderFarm
-    proc, url = None, None
-    if cfg.critic.backend != "none":
-        url, proc = (cfg.critic.url, None) if cfg.critic.url else start_local(cfg.critic)
-    try:
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    critic = endpoint(cfg.critic, str(Path(cfg.out) / "critic.log")) if cfg.critic.backend != "none" \
+        else contextlib.nullcontext(None)
+    with critic as url:
         farm = RenderFarm(cfg.render)
-        workers = [RolloutWorker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url,
-                                                            seed=cfg.seed + i, engine=cfg.engine.kind)
+        Worker = rollout_worker(cfg.engine.kind)
+        workers = [Worker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url, seed=cfg.seed + i)
                    for i in range(cfg.workers)]
         print(f"evaluate: generating on {len(workers)} rollout worker(s) of the Ray cluster", flush=True)
         queue, pending = list(tasks), {}
@@ -99,9 +100,6 @@ def run_ray(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
                 pending[workers[len(pending) % len(workers)].self_edit.remote(task, cfg.self_edit)] = task
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             sink(pending.pop(ref), ray.get(ref))
-    finally:
-        if proc is not None:
-            proc.terminate()
 
 
 def summarize(rows: list[dict], cfg: EvalConfig) -> dict:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from actors.agent import Conversation
 from actors.config import SelfEditConfig
-from actors.engine import Batcher, make_engine
+from actors.engine import Batcher
+from actors.rollout import Conversation
 from actors.self_edit import EditResult, self_edit
+from actors.worker import make_engine
+from common.checks import check
 from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
 
@@ -54,9 +56,7 @@ class EvalConfig:
         checks = [("ray", self.ray in ("auto", "off"), "'auto' or 'off'"),
                   ("workers", self.workers >= 1, "an integer >= 1"),
                   ("concurrency", self.concurrency >= 1, "an integer >= 1")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{key}={getattr(self, key)!r} is invalid: expected {allowed}")
+        check("", self, checks)
         return _validate_parts(self)
 
 

@@ -26,9 +26,10 @@ class Plan:
     group: object = field(default=None, repr=False)
 
 
-def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, cluster_gpus: float) -> Plan:
+def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, render_workers: int, cluster_gpus: float) -> Plan:
     """The bundles for a run (pure: no Ray calls). GPU counts of -1 mean 1 where the cluster has GPUs, else 0;
-    colocated, a learner rank and an engine share one GPU (half each unless set)."""
+    colocated, a learner rank and an engine share one GPU (half each unless set; ClusterConfig.validate has
+    checked that ranks and engines pair up)."""
     gpu = 1.0 if cluster_gpus > 0 else 0.0
     lg = gpu / (2 if cfg.colocate else 1) if cfg.learner_gpus < 0 else cfg.learner_gpus
     rg = gpu / (2 if cfg.colocate else 1) if cfg.rollout_gpus < 0 else cfg.rollout_gpus
@@ -37,9 +38,6 @@ def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, cluster_g
         return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}  # Ray rejects zero-sized resources
 
     if cfg.colocate:
-        if learner_ranks != rollout_workers:
-            raise ValueError(f"cluster.colocate=true pairs learner rank i with rollout worker i: learner.ranks="
-                             f"{learner_ranks} and rollout.workers={rollout_workers} must be equal")
         bundles = [bundle(cfg.learner_cpus + cfg.rollout_cpus, lg + rg) for _ in range(learner_ranks)]
         learner = rollout = list(range(learner_ranks))
     else:
@@ -47,8 +45,8 @@ def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, cluster_g
         bundles += [bundle(cfg.rollout_cpus, rg) for _ in range(rollout_workers)]
         learner = list(range(learner_ranks))
         rollout = list(range(learner_ranks, learner_ranks + rollout_workers))
-    render = list(range(len(bundles), len(bundles) + cfg.render_workers))
-    bundles += [bundle(1, 0) for _ in range(cfg.render_workers)]  # a render worker reserves one CPU
+    render = list(range(len(bundles), len(bundles) + render_workers))
+    bundles += [bundle(1, 0) for _ in range(render_workers)]  # a render worker reserves one CPU
     return Plan(bundles, learner, rollout, render, lg, rg, cfg.placement.upper())
 
 
@@ -62,7 +60,7 @@ def reserve(p: Plan, timeout_s: float) -> Plan:
         remove_placement_group(p.group)
         raise RuntimeError(f"the run's placement group ({len(p.bundles)} bundles, {need['CPU']:g} CPU, {need['GPU']:g} "
                            f"GPU, {p.strategy}) did not fit in {timeout_s:g} s; the cluster has {ray.cluster_resources()}. "
-                           f"Lower rollout.workers / cluster.render_workers / learner.ranks, set cluster.colocate=true (one GPU "
+                           f"Lower rollout.workers / render.workers / learner.ranks, set cluster.colocate=true (one GPU "
                            f"per learner rank and engine pair), or cluster.placement=none")
     return p
 

@@ -10,9 +10,10 @@ import ray
 import torch
 
 from . import core_algos as algos
-from .batch import collate, micro_batches
+from . import weight_sync as ws
 from .config import LearnerConfig
 from .learner import Learner
+from .rank import collate, micro_batches
 
 
 def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
@@ -25,7 +26,7 @@ def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
 def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: int, device: str) -> list[float]:
     """The same GRPO step written as a plain single-process torch loop (on GPU: bf16 autocast over fp32 weights,
     as DeepSpeed's bf16 mode keeps fp32 master weights)."""
-    from actors.models import load_model, load_tokenizer
+    from common.models import load_model, load_tokenizer
     policy, ref = load_model(model_name).to(device).train(), load_model(model_name).to(device).requires_grad_(False)
     pad = load_tokenizer(model_name).pad_token_id
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
@@ -55,23 +56,33 @@ def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: i
     return times
 
 
+@ray.remote
+class BenchEngine(ws.ModelReceiver):
+    """The receive side alone: the policy in a Ray actor, on the GPU when the actor has one."""
+
+    def __init__(self, model: str):
+        from common.models import load_model
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(load_model(model, torch.bfloat16 if device == "cuda" else torch.float32).to(device), device)
+
+
 def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, steps: int = 3) -> dict:
     """On CPU the engine is a separate actor (object store vs gloo broadcast); on a GPU it shares the learner's GPU in
     one placement-group bundle (object store vs CUDA IPC). Pushes of the transports alternate, 3 each."""
-    from actors.config import RolloutConfig
-    from actors.models import load_tokenizer
-    from actors.worker import RolloutWorker
-    from launch import placement
-    from launch.config import ClusterConfig
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from common.models import load_tokenizer
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     gpu = torch.cuda.is_available()
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, num_cpus=4, num_gpus=int(gpu))
     cfg = LearnerConfig(ranks=1, zero_stage=2, lr=1e-6, kl_coef=0.001, micro_batch_size=4)
     rows = _batch(trajectories, length, length // 4, len(load_tokenizer(model)))
-    layout = placement.reserve(placement.plan(ClusterConfig(colocate=True, placement="strict_pack", render_workers=0,
-                                                            learner_cpus=2), 1, 1, cluster_gpus=int(gpu)), 60)
+    group = placement_group([{"CPU": 3, **({"GPU": 1} if gpu else {})}], strategy="STRICT_PACK")  # one bundle, shared
+    ray.get(group.ready(), timeout=60)
+    bundle = {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)}
     learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=trajectories, cpus_per_rank=2,
-                      gpus_per_rank=layout.learner_gpus, placement=[placement.options(layout, 0)])
+                      gpus_per_rank=0.5 if gpu else 0, placement=[bundle])
     ds_times = []
     for _ in range(steps + 1):  # first step warms up
         t = time.perf_counter()
@@ -79,9 +90,8 @@ def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, s
         ds_times.append(time.perf_counter() - t)
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     th_times = _torch_steps(model, cfg, rows, steps + 1, "cuda" if gpu else "cpu")
-    worker = RolloutWorker.options(num_cpus=1, num_gpus=layout.rollout_gpus, **placement.options(layout, 0)).remote(
-        model, RolloutConfig(), [], None)
-    ray.get(worker.version.remote())
+    worker = BenchEngine.options(num_cpus=1, num_gpus=0.5 if gpu else 0, **bundle).remote(model)
+    ray.get(worker.weight_info.remote())
     transports = ["object_store", "cuda_ipc" if gpu else "broadcast"]
     pushes = {t: [] for t in transports}
     learner.push_weights([worker], transport=transports[1])  # forms the weight group / warms up
@@ -90,7 +100,7 @@ def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, s
             t = time.perf_counter()
             learner.push_weights([worker], transport=name)
             pushes[name].append(time.perf_counter() - t)
-    auto = learner.pick_transport([worker])
+    auto = learner.pusher.pick([worker])
     ds, th = statistics.median(ds_times[1:]), statistics.median(th_times[1:])
     weights_gb = sum(m.nbytes for m in ray.get(learner.ranks[0].weight_metas.remote())) / 1e9
     ray.shutdown()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.checks import check
+
 from .weight_sync import TRANSPORTS
 
 
@@ -22,11 +24,11 @@ class LearnerConfig:
     adv_eps: float = 1e-6  # std epsilon in the group advantages
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     bf16: bool = True  # bf16 on GPU (CPU always trains in fp32)
-    seed: int = 0  # torch / python RNG seed on every rank
+    seed: int = -1  # torch / python RNG seed on every rank; -1 = trainer.seed in a training run (0 elsewhere)
     weight_sync: str = "auto"  # push transport: auto, object_store, broadcast (NCCL/gloo group) or cuda_ipc (same GPU)
     bucket_mb: float = 256.0  # broadcast / cuda_ipc: weights travel in buckets of about this many MiB
     push_timeout_s: float = 120.0  # a weight push that takes longer raises instead of hanging
-    keep_checkpoints: int = 3  # checkpoints kept in trainer.output_dir/checkpoints
+    keep_checkpoints: int = 1  # checkpoints kept in trainer.output_dir/checkpoints (each is ~1.6 GB for SmolLM2)
 
     def validate(self) -> "LearnerConfig":
         checks = [
@@ -41,7 +43,4 @@ class LearnerConfig:
             ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),
             ("bucket_mb", self.bucket_mb > 0, "> 0"),
         ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"learner.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
-        return self
+        return check("learner", self, checks)

@@ -11,7 +11,6 @@ import torch
 
 from . import core_algos as algos
 from . import weight_sync as ws
-from .batch import collate, micro_batches
 from .config import LearnerConfig
 
 CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache"
@@ -28,6 +27,35 @@ def _clear_stale_build_locks(root: pathlib.Path, max_age_s: float = 300.0) -> No
             pass
 
 
+def collate(samples: list[dict], pad_id: int) -> dict:
+    """samples: dicts with token_ids, loss_mask, logprobs, advantage. Position t of the shifted tensors holds
+    token t+1 (the token the logits at t predict).
+    -> input_ids [B, L], attention_mask [B, L], labels / loss_mask / old_logprobs [B, L-1], advantages [B]."""
+    width = max(len(s["token_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), width), dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.float32)
+    old = torch.zeros((len(samples), width), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        n = len(s["token_ids"])
+        ids[i, :n] = torch.tensor(s["token_ids"])
+        attn[i, :n] = 1
+        mask[i, :n] = torch.tensor(s["loss_mask"], dtype=torch.float32)
+        old[i, :n] = torch.tensor(s["logprobs"], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "loss_mask": mask[:, 1:],
+            "old_logprobs": old[:, 1:], "advantages": torch.tensor([s["advantage"] for s in samples])}
+
+
+def micro_batches(samples: list[dict], size: int, count: int) -> list[list[dict]]:
+    """Exactly `count` micro-batches of at most `size` (empty ones pad the count: DeepSpeed's accumulation
+    boundary is fixed at init)."""
+    chunks = [samples[i:i + size] for i in range(0, len(samples), size)]
+    if len(chunks) > count:
+        raise ValueError(f"{len(samples)} trajectories on one rank need {len(chunks)} micro-batches of "
+                         f"{size}; learner.micro_batches_per_step is {count}")
+    return chunks + [[] for _ in range(count - len(chunks))]
+
+
 @ray.remote
 class LearnerRank:
     def __init__(self, model: str, cfg: LearnerConfig, rank: int, world: int, master: str, port: int,
@@ -42,11 +70,11 @@ class LearnerRank:
         _clear_stale_build_locks(pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]))
         import deepspeed
 
-        from actors.models import load_model, load_tokenizer
+        from common.models import load_model, load_tokenizer
         self.cfg, self.rank, self.world, self.temperature, self.model_name = cfg, rank, world, temperature, model
         self.gas = micro_batches_per_step
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+        torch.manual_seed(max(cfg.seed, 0))  # -1 (trainer.seed) is resolved by the trainer; 0 when used alone
+        random.seed(max(cfg.seed, 0))
         deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
         dtype = torch.bfloat16 if device == "cuda" and cfg.bf16 else torch.float32
         self.pad_id = load_tokenizer(model).pad_token_id
@@ -136,27 +164,11 @@ class LearnerRank:
         self.weight_backend = backend
 
     def send_weights(self, transport: str, buckets: list) -> list | None:
-        """Every rank calls this together (ZeRO-3 gathers each bucket's parameters); rank 0 sends. For cuda_ipc it
-        returns the buckets' IPC handles and keeps the buffers until free_shared."""
-        import contextlib
-
-        import deepspeed
+        """Every rank calls this together; rank 0 sends (weight_sync.send_buckets). For cuda_ipc it returns the
+        buckets' IPC handles and keeps the buffers until free_shared."""
         params = dict(self.engine.module.named_parameters(remove_duplicate=False))
-        handles, self.shared = [], []
-        for metas in buckets:
-            tensors = [params[m[0]] for m in metas]
-            unique = list(dict.fromkeys(tensors))  # a tied weight is gathered once
-            gather = (deepspeed.zero.GatheredParameters(unique, modifier_rank=None) if self.cfg.zero_stage == 3
-                      else contextlib.nullcontext())
-            with gather, torch.no_grad():
-                if self.rank != 0:
-                    continue
-                flat = ws.pack(tensors)  # [bucket bytes] on the learner's device
-                if transport == "cuda_ipc":
-                    self.shared.append(flat)
-                    handles.append(ws.share_cuda(flat))
-                else:
-                    ws.broadcast(self.weight_group, flat.to("cuda" if self.weight_backend == "nccl" else "cpu"))
+        handles, self.shared = ws.send_buckets(params, buckets, transport, self.rank, getattr(self, "weight_group", None),
+                                               getattr(self, "weight_backend", None), self.cfg.zero_stage == 3)
         return handles if self.rank == 0 and transport == "cuda_ipc" else None
 
     def free_shared(self) -> None:
@@ -165,17 +177,37 @@ class LearnerRank:
             torch.cuda.empty_cache()
 
     def save(self, path: str) -> None:
-        """DeepSpeed state (model, optimizer) + this rank's RNG; rank 0 also writes the Hugging Face model."""
+        """Rank 0 writes the Hugging Face model (transformers and vLLM load it as is); every rank writes its DeepSpeed
+        state (optimizer, its fp32 master partition) and RNG. The weights are stored once: under ZeRO-1/2 DeepSpeed
+        would write the whole module again beside the HF copy, so its module file is left empty and `load` takes
+        the weights from the HF copy (ZeRO-3's module file holds only placeholders anyway)."""
         sd = self.state_dict()
-        self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, os.path.join(path, f"rng_rank{self.rank}.pt"))
-        if self.rank == 0:  # a complete Hugging Face model directory: transformers and vLLM load it as is
-            from actors.models import load_tokenizer
+        if self.rank == 0:
+            from common.models import load_tokenizer
             self.engine.module.save_pretrained(os.path.join(path, "hf"), state_dict=sd, safe_serialization=True)
             load_tokenizer(self.model_name).save_pretrained(os.path.join(path, "hf"))
+        if self.cfg.zero_stage < 3:
+            self.engine.module_state_dict = lambda **_: {}  # this one save only: the HF copy holds the weights
+        try:
+            self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state")
+        finally:
+            self.engine.__dict__.pop("module_state_dict", None)
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, os.path.join(path, f"rng_rank{self.rank}.pt"))
 
     def load(self, path: str) -> None:
-        self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state")
+        load_fn = None
+        if self.cfg.zero_stage < 3:
+            from safetensors.torch import load_file
+            weights = load_file(os.path.join(path, "hf", "model.safetensors"))
+
+            def load_fn(src, dst):  # the module's weights from the HF copy; tied names may be absent from it
+                missing, unexpected = dst.load_state_dict(weights, strict=False)
+                tied = {n for n, _ in dst.named_parameters(remove_duplicate=False)} - {n for n, _ in dst.named_parameters()}
+                if unexpected or set(missing) - tied:
+                    raise ValueError(f"checkpoint {path}: weights do not fit the model (missing {missing}, "
+                                     f"unexpected {unexpected})")
+        # The optimizer's fp32 master partitions come from DeepSpeed's own files (zero.load_from_fp32_weights).
+        self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state", custom_load_fn=load_fn)
         rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.checks import check
+
 CLOCKS = ("virtual", "real")
 
 
@@ -39,7 +41,4 @@ class RenderConfig:
             ("pages_per_context", self.pages_per_context >= 1, "an integer >= 1"),
             ("cache_mb", self.cache_mb >= 0, "megabytes >= 0"),
         ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"render.{key}={getattr(self, key)!r} is invalid: expected {allowed}")
-        return self
+        return check("render", self, checks)

@@ -34,7 +34,7 @@ class RenderFarm:
         self.cfg = (cfg or RenderConfig()).validate()
         # Each worker reserves a CPU for its Chromium; pages in flight per worker come from cfg.concurrency.
         # placement: per-worker Ray options (a placement-group bundle), from launch/placement.py.
-        self.workers = workers or [
+        self.workers = workers if workers is not None else [
             RenderWorker.options(num_cpus=1, max_concurrency=max(8, 4 * self.cfg.concurrency),
                                  **(placement[i] if placement else {})).remote(self.cfg)
             for i in range(self.cfg.workers)]

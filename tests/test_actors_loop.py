@@ -5,46 +5,17 @@ import asyncio
 import pytest
 import torch
 
-from actors.agent import Conversation, run_group
 from actors.config import RolloutConfig
 from actors.engine import Batcher, HFEngine
+from actors.rollout import Conversation, run_group
 from critic_service.critique import Critique
 from render_farm.renderer import Renderer
 
-from .conftest import run
+from .conftest import TASK, run
 
-PAGE = ("```html\n<html><body style='background:#fff'><h1>Bakery menu</h1><button>Order</button></body></html>\n```")
-TASK = {"id": "bakery", "prompt": "Write a bakery page with a menu and an order button.", "checklist": []}
-
-
-def taught_engine(cfg: RolloutConfig) -> tuple[HFEngine, Conversation]:
-    """The tiny model after a few supervised steps on PAGE, in first-turn and revision contexts: greedy decoding
-    then writes a real page every time, so renders are valid and the critic is always asked."""
-    engine = HFEngine("tiny")
-    tok, model = engine.tokenizer, engine.model
-    conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
-    target = tok(PAGE, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    first = conv.prompt_ids(TASK["prompt"])
-    contexts = [first]
-    from actors.engine import Completion
-    done = Completion(target, [0.0] * len(target), PAGE, True)
-    ctx = first
-    for score in (50, 55, 61.5):  # the revision contexts, turn after turn
-        fb = f"Score: {score:g}/100.\nfeedback after {score:g}\nRevise the page and reply with the full page."
-        ctx = ctx + target + conv.feedback_ids(TASK["prompt"], done, fb)
-        contexts.append(ctx)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(120):
-        for ctx in contexts:
-            ids = torch.tensor([ctx + target])
-            labels = ids.clone()
-            labels[0, :len(ctx)] = -100
-            model(input_ids=ids, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    return engine, conv
+def taught_engine(path: str, cfg: RolloutConfig) -> tuple[HFEngine, Conversation]:
+    engine = HFEngine(path)
+    return engine, Conversation(engine.tokenizer, cfg.system_prompt, cfg.feedback_role)
 
 
 class ScriptedCritic:
@@ -61,8 +32,8 @@ class ScriptedCritic:
         return Critique(score, f"feedback after {score}", backend="scripted")
 
 
-def run_loop(cfg, critic, engine_conv=None):
-    engine, conv = engine_conv or taught_engine(cfg)
+def run_loop(cfg, critic, engine_conv):
+    engine, conv = engine_conv
 
     async def go():
         async with Renderer() as r:
@@ -76,8 +47,8 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def taught(cfg):
-    return taught_engine(cfg)
+def taught(cfg, taught_model):
+    return taught_engine(taught_model, cfg)
 
 
 def test_forced_optimization_keeps_only_improvements_and_stops(cfg, taught):

@@ -6,28 +6,28 @@ import pytest
 import ray
 
 from actors.config import RolloutConfig
-from actors.dispatcher import stream_groups
-from actors.worker import RolloutWorker
+from actors.engine import HFEngine
+from actors.worker import rollout_worker, stream_groups
 from critic_service.config import CriticConfig
-from critic_service.process import start_local
+from critic_service.process import endpoint
 from render_farm.config import RenderConfig
 from render_farm.farm import RenderFarm
 
-from .test_actors_loop import TASK, taught_engine
+from .conftest import TASK
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(taught_model, tmp_path_factory):
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    url, critic = start_local(CriticConfig(port=0))
-    cfg = RolloutConfig(group_size=2, max_turns=2, max_resamples=2, temperature=0.0, max_new_tokens=80)
-    farm = RenderFarm(RenderConfig(workers=1))
-    workers = [RolloutWorker.remote("tiny", cfg, farm.workers, url, seed=i) for i in range(2)]
-    engine, _ = taught_engine(cfg)
-    weights = ray.put({k: v.clone() for k, v in engine.model.state_dict().items()})
-    assert ray.get([w.load_weights.remote(weights, 1) for w in workers]) == [1, 1]
-    yield workers, url, weights
-    critic.terminate()
+    log = str(tmp_path_factory.mktemp("critic") / "critic.log")
+    with endpoint(CriticConfig(port=0), log) as url:
+        cfg = RolloutConfig(group_size=2, max_turns=2, max_resamples=2, temperature=0.0, max_new_tokens=80)
+        farm = RenderFarm(RenderConfig(workers=1))
+        workers = [rollout_worker("hf").remote("tiny", cfg, farm.workers, url, seed=i) for i in range(2)]
+        taught = HFEngine(taught_model)
+        weights = ray.put({k: v.clone() for k, v in taught.model.state_dict().items()})
+        assert ray.get([w.load.remote(weights, 1) for w in workers]) == [1, 1]  # the learner's object-store push
+        yield workers, url, weights
     ray.shutdown()
 
 
@@ -67,8 +67,8 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(cluster):
     assert stats["resubmitted"] >= 1  # the kill really hit groups in flight
     for _ in range(60):  # restarted by Ray, usable again once its constructor has run
         try:
-            ray.get(workers[0].load_weights.remote(weights, 1))
+            ray.get(workers[0].load.remote(weights, 1))
             break
         except ray.exceptions.ActorUnavailableError:
             time.sleep(0.5)
-    assert ray.get(workers[0].version.remote()) == 1
+    assert ray.get(workers[0].weight_info.remote())["version"] == 1

@@ -1,10 +1,14 @@
-"""The agent loop's pure rules and token bookkeeping: no Ray, no Chromium."""
+"""The agent loop's pure rules, token bookkeeping and engine batching: no Ray, no Chromium."""
+import asyncio
+
 import pytest
 
-from actors.agent import Conversation
 from actors.config import RolloutConfig
-from actors.engine import HFEngine, Sampling
-from actors.trajectory import accept_revision, extract_html, format_score, reward
+from actors.engine import Batcher, Completion, HFEngine, Sampling
+from actors.rollout import Attempt, Conversation, accept_revision, extract_html, format_score, reward, run_trajectory
+from render_farm.result import RenderResult
+
+from .conftest import run
 
 
 def test_extract_html_prefers_the_last_fenced_block_then_documents_then_svg():
@@ -29,8 +33,27 @@ def test_forced_optimization_accepts_only_strict_improvements():
     assert not accept_revision(None, 0.0)  # unscorable never improves
 
 
-@pytest.mark.parametrize("reason", ["no_html", "too_large", "blank", "timeout", "crash", "load_error"])
-def test_invalid_renders_get_exactly_zero(reason):
+@pytest.mark.parametrize("reason", ["too_large", "blank", "timeout", "crash", "load_error"])
+def test_an_invalid_render_gets_exactly_zero_and_never_reaches_the_critic(reason):
+    """Through the loop itself: a page whose render comes back invalid for `reason` scores 0, whatever the critic
+    would have said, and the reason is recorded."""
+    engine = HFEngine("tiny")
+    conv = Conversation(engine.tokenizer, "sys", "tool")
+    page = "```html\n<html><body><h1>x</h1></body></html>\n```"
+    first = Completion([1, 2], [-1.0, -1.0], page, True)
+    asked = []
+
+    async def render(html):
+        return RenderResult(False, reason, detail="scripted")
+
+    async def critique(req):
+        asked.append(req)
+
+    cfg = RolloutConfig(max_turns=1)
+    traj = run(run_trajectory({"id": "t", "prompt": "p"}, 0, first, [5], conv, None, render, critique, cfg, 0))
+    assert traj.reward == 0.0 and not traj.final_valid and not asked
+    assert traj.attempts == [Attempt(0, page, 0.0, False, reason, True, traj.attempts[0].feedback, 2)]
+    assert reason in traj.attempts[0].feedback
     assert reward(False, 95.0, 1.0, 0.1) == 0.0
 
 
@@ -69,6 +92,36 @@ def test_engine_logprobs_match_a_forward_pass_and_weights_load():
     lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
     assert torch.allclose(lp, torch.tensor(c.logprobs), atol=1e-5)
     new = {k: v + 0.01 for k, v in engine.model.state_dict().items()}
-    engine.load_weights(new, version=3)
-    assert engine.version == 3
+    assert engine.load(new, version=3) == 3 and engine.weight_info()["version"] == 3
     assert torch.equal(engine.model.state_dict()["model.norm.weight"], new["model.norm.weight"])
+    # A push is checked, never silently cast or broadcast into the model.
+    with pytest.raises(ValueError, match="model.norm.weight.*float64"):
+        engine.load({**new, "model.norm.weight": new["model.norm.weight"].double()}, version=4)
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        engine.load({**new, "model.norm.weight": new["model.norm.weight"][:1]}, version=4)
+    with pytest.raises(ValueError, match="lack"):
+        engine.load({k: v for k, v in new.items() if k != "model.norm.weight"}, version=4)
+    assert engine.weight_info()["version"] == 3
+
+
+def test_requests_with_equal_sampling_share_one_engine_call():
+    """Two trajectories reaching their next turn together are one engine call, even with Sampling objects of their
+    own; a different setting gets a call of its own."""
+    engine = HFEngine("tiny")
+    calls = []
+    real = engine.generate
+
+    def counting(prompts, sampling):
+        calls.append(len(prompts))
+        return real(prompts, sampling)
+
+    engine.generate = counting
+    prompt = engine.chat_ids([{"role": "user", "content": "hi"}])
+
+    async def go():
+        b = Batcher(engine)
+        return await asyncio.gather(b.generate(prompt, Sampling(0.8, 1.0, 4, ("x",))),
+                                    b.generate(prompt, Sampling(0.8, 1.0, 4, ("x",))),
+                                    b.generate(prompt, Sampling(0.0, 1.0, 4)))
+    outs = run(go())
+    assert len(outs) == 3 and sorted(calls) == [1, 2]

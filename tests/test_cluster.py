@@ -34,37 +34,56 @@ def test_two_steps_then_resume_runs_only_step_three(tmp_path):
     AutoTokenizer.from_pretrained(ckpt / "hf")
     assert (out / "config.yaml").is_file()
 
-    second = cluster(*FAST, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}")
+    second = cluster(*FAST, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}",
+                     "learner.lr=2e-6")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "step 2" in second.stdout
+    # torchtune's resume check: what changed since the checkpoint is said, what may change freely is not
+    assert "changed settings: learner.lr: 1e-06 -> 2e-06" in second.stdout and "max_steps" not in second.stdout
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["policy_version"] == 3
 
 
-def test_config_errors_fail_fast_naming_the_key():
-    unknown = cluster("trainer.nope=1", timeout=60)
+def test_config_errors_fail_fast_naming_the_key(tmp_path):
+    out = f"trainer.output_dir={tmp_path}"  # hydra makes its run folder before the config is checked
+    unknown = cluster("trainer.nope=1", out, timeout=60)
     assert unknown.returncode != 0 and "nope" in unknown.stderr
-    bad = cluster("learner.zero_stage=5", timeout=60)
+    bad = cluster("learner.zero_stage=5", out, timeout=60)
     assert bad.returncode == 2 and "learner.zero_stage=5" in bad.stderr and "1, 2 or 3" in bad.stderr
-    colocated = cluster("cluster.colocate=true", "rollout.workers=2", timeout=60)
+    colocated = cluster("cluster.colocate=true", "rollout.workers=2", out, timeout=60)
     assert colocated.returncode == 2 and "learner.ranks=1 and rollout.workers=2 must be equal" in colocated.stderr
-    bad_group = cluster("critic=gpt4", timeout=60)
+    bad_group = cluster("critic=gpt4", out, timeout=60)
     assert bad_group.returncode != 0 and "critic" in bad_group.stderr
+    layout = cluster("cluster.placement=diagonal", out, timeout=60)
+    assert layout.returncode == 2 and "cluster.placement='diagonal'" in layout.stderr
+
+
+def test_a_sweep_trains_each_job_in_its_own_folder(tmp_path):
+    """hydra multirun: job 1 must not resume from job 0's checkpoint, and each keeps its own config."""
+    res = cluster("-m", *FAST, "trainer.max_steps=1", "learner.lr=1e-5,2e-5", f"hydra.sweep.dir={tmp_path}",
+                  timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" not in res.stdout
+    for job, lr in ((0, "1.0e-05"), (1, "2.0e-05")):
+        rows = [json.loads(line) for line in open(tmp_path / str(job) / "metrics.jsonl")]
+        assert [r["step"] for r in rows] == [1] and rows[0]["policy_version"] == 1
+        assert f"lr: {lr}" in (tmp_path / str(job) / "config.yaml").read_text()
+        assert (tmp_path / str(job) / "checkpoints" / "step-000001" / "hf").is_dir()
 
 
 def test_placement_plan_bundles():
     from launch.config import ClusterConfig
     from launch.placement import plan
-    cpu = plan(ClusterConfig(render_workers=2), learner_ranks=1, rollout_workers=2, cluster_gpus=0)
+    cpu = plan(ClusterConfig(), learner_ranks=1, rollout_workers=2, render_workers=2, cluster_gpus=0)
     assert cpu.bundles == [{"CPU": 1.0}] * 3 + [{"CPU": 1}] * 2 and (cpu.learner, cpu.rollout, cpu.render) == ([0], [1, 2], [3, 4])
-    gpu = plan(ClusterConfig(learner_cpus=4), learner_ranks=2, rollout_workers=2, cluster_gpus=8)
+    gpu = plan(ClusterConfig(learner_cpus=4), learner_ranks=2, rollout_workers=2, render_workers=1, cluster_gpus=8)
     assert gpu.bundles[:4] == [{"CPU": 4.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0, "GPU": 1.0}] * 2
-    shared = plan(ClusterConfig(colocate=True, placement="strict_pack"), 1, 1, cluster_gpus=1)
+    shared = plan(ClusterConfig(colocate=True, placement="strict_pack"), 1, 1, 1, cluster_gpus=1)
     assert shared.bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1}] and shared.learner == shared.rollout == [0]
     assert shared.learner_gpus == shared.rollout_gpus == 0.5 and shared.strategy == "STRICT_PACK"
 
 
 def test_unreachable_critic_url_fails_before_training(tmp_path):
     res = cluster(*FAST, "critic.url=http://127.0.0.1:9", f"trainer.output_dir={tmp_path}", timeout=120)
-    assert res.returncode != 0 and "does not answer" in (res.stderr + res.stdout)
-    assert not (tmp_path / "metrics.jsonl").exists()
+    assert res.returncode != 0 and "critic.url='http://127.0.0.1:9' does not answer" in (res.stderr + res.stdout)
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.yaml").exists()  # before any work

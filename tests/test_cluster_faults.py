@@ -10,23 +10,18 @@ import time
 
 import pytest
 
-from actors.config import RolloutConfig
 from launch.tasks import batch_for_step, procedural
+from render_farm.sandbox import process_tree
 
 from .conftest import ROOT
-from .test_actors_loop import taught_engine
 
 BASE = ["cluster.address=local", "rollout.group_size=2", "rollout.max_new_tokens=64", "trainer.wandb=disabled",
         "trainer.progress=false", "learner.lr=1e-7"]
 
 
 @pytest.fixture(scope="module")
-def taught(tmp_path_factory):
-    path = tmp_path_factory.mktemp("taught")
-    engine, _ = taught_engine(RolloutConfig())
-    engine.model.save_pretrained(path)
-    engine.tokenizer.save_pretrained(path)
-    return f"model.name={path}"
+def taught(taught_model):
+    return f"model.name={taught_model}"
 
 
 def start(*args) -> subprocess.Popen:
@@ -42,11 +37,25 @@ def wait_for(path, proc, timeout=300):
         time.sleep(0.2)
 
 
-def kill_one(name: str) -> int:
-    pids = subprocess.run(["pgrep", "-f", f"ray::{name}"], capture_output=True, text=True).stdout.split()
-    assert pids, f"no {name} process"
-    os.kill(int(pids[0]), signal.SIGKILL)
-    return int(pids[0])
+def of_run(driver: int, marker: str) -> list[int]:
+    """Processes of the run this test started (its driver's own local Ray session, whose processes descend from the
+    driver) whose command line holds marker: never another Ray's."""
+    found = []
+    for pid in process_tree(driver)[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read().replace(b"\0", b" "):
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def kill_one(driver: int, name: str) -> int:
+    pids = of_run(driver, f"ray::{name}")
+    assert pids, f"no {name} process under the driver {driver}"
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
 
 
 def samples(out, step):
@@ -55,16 +64,19 @@ def samples(out, step):
 
 def test_killed_rollout_and_render_workers_the_run_continues_without_duplicates(tmp_path, taught):
     out = tmp_path / "run"
-    proc = start(taught, "trainer.max_steps=4", "rollout.workers=2", "cluster.render_workers=2",
+    proc = start(taught, "trainer.max_steps=4", "rollout.workers=2", "render.workers=2", "trainer.save_every=100",
                  f"trainer.output_dir={out}")
-    wait_for(out / "samples" / "step-000001.jsonl", proc)
-    kill_one("RolloutWorker")
-    time.sleep(1.0)
-    kill_one("RenderWorker")
+    for step in (1, 2):  # a kill soon after a step's samples land hits the next step's rollout in flight
+        wait_for(out / "samples" / f"step-{step:06d}.jsonl", proc)
+        time.sleep(0.3)
+        kill_one(proc.pid, "HFRolloutWorker")
+        time.sleep(0.5)
+        kill_one(proc.pid, "RenderWorker")
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["policy_version"] == 4
+    assert sum(r["resubmitted_groups"] for r in rows) > 0, rows  # the kills hit groups in flight, which were re-run
     pool = procedural("train")
     for step in (1, 2, 3, 4):
         got = sorted((s["task_id"], s["group_id"]) for s in samples(out, step))
@@ -89,11 +101,15 @@ def test_kill_9_of_the_driver_then_resume_auto_continues_in_the_same_data_order(
     out = tmp_path / "run"
     proc = start(taught, "trainer.max_steps=3", f"trainer.output_dir={out}")
     wait_for(out / "checkpoints" / "step-000001", proc)
-    os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray's processes die with it
+    (critic,) = of_run(proc.pid, "critic_service serve")
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: what it started must die with it
     proc.communicate()
-    time.sleep(2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # and anything else of that run left behind (the critic service)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{critic}") and open(f"/proc/{critic}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the critic service outlived its killed driver"
+        time.sleep(0.2)
+    try:  # Ray's own agents of the killed driver's local session linger: clean up this test's process group
+        os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     resumed = start(taught, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}")

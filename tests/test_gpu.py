@@ -6,7 +6,9 @@ import ray
 import torch
 
 from actors.config import RolloutConfig
-from actors.worker import RolloutWorker
+from actors.worker import rollout_worker
+
+RolloutWorker = rollout_worker("hf")
 from launch import placement
 from launch.config import ClusterConfig
 from learner.config import LearnerConfig
@@ -42,7 +44,7 @@ def test_deepspeed_learner_trains_in_bf16_on_cuda(stage):
 
 
 def colocated(cluster: ClusterConfig, **learner_kw):
-    layout = placement.reserve(placement.plan(cluster, 1, 1, cluster_gpus=1), timeout_s=60)
+    layout = placement.reserve(placement.plan(cluster, 1, 1, 0, cluster_gpus=1), timeout_s=60)
     learner = Learner("tiny", cuda_cfg(**learner_kw), 1.0, 8, 1, layout.learner_gpus,
                       [placement.options(layout, b) for b in layout.learner])
     worker = RolloutWorker.options(num_cpus=1, num_gpus=layout.rollout_gpus,
@@ -52,7 +54,7 @@ def colocated(cluster: ClusterConfig, **learner_kw):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_colocated_engine_takes_weights_by_cuda_ipc(stage):
-    layout, learner, worker = colocated(ClusterConfig(colocate=True, placement="strict_pack", render_workers=0),
+    layout, learner, worker = colocated(ClusterConfig(colocate=True, placement="strict_pack"),
                                         zero_stage=stage, bucket_mb=0.5)
     try:
         mine, theirs = ray.get([learner.ranks[0].weight_info.remote(), worker.weight_info.remote()])

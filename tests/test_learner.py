@@ -8,9 +8,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.config import RolloutConfig
-from actors.worker import RolloutWorker
+from actors.engine import HFEngine
+from actors.worker import rollout_worker
 from learner.config import LearnerConfig
-from learner.learner import Learner, PushInterrupted
+from learner.learner import Learner
+from learner.weight_sync import PushInterrupted
+
+RolloutWorker = rollout_worker("hf")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,12 +97,12 @@ def test_weight_push_makes_engines_match_the_learner(transport):
     for version in (1, 2):
         assert learner.push_weights(workers) == version and learner.last_transport == transport
         for w in workers:
-            assert ray.get(w.version.remote()) == version
+            assert ray.get(w.weight_info.remote())["version"] == version
             assert ray.get(w.logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
         learner.step(with_old_logprobs(learner, batch(seed=4)))
     if transport == "broadcast":
-        assert len(learner._buckets()) > 1
-        group = learner._group
+        assert len(learner.pusher._buckets()) > 1
+        group = learner.pusher._group
         ray.kill(workers[1], no_restart=False)  # Ray restarts it with the base weights and no weight group
         for _ in range(10):  # as launch/trainer.py's push: a push that meets the dying worker fails fast; retry
             try:
@@ -106,7 +110,7 @@ def test_weight_push_makes_engines_match_the_learner(transport):
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, PushInterrupted, TimeoutError):
                 time.sleep(1)
-        assert learner._group != group  # membership changed: a new group was formed
+        assert learner.pusher._group != group  # membership changed: a new group was formed
         assert ray.get(workers[1].logprobs.remote(seq)) == pytest.approx(learner.logprobs(seq), abs=1e-4)
 
 
@@ -121,27 +125,18 @@ def test_broadcast_push_gathers_zero3_partitions_from_two_ranks():
 
 
 @ray.remote(max_restarts=1)
-class DyingEngine:
+class DyingEngine(HFEngine):
     """An HF engine whose process dies as the first broadcast reaches it, with the other members mid-collective."""
 
     def __init__(self, flag: str):
-        from actors.engine import HFEngine
-        self.engine, self.flag = HFEngine("tiny"), flag
+        super().__init__("tiny")
+        self.flag = flag
 
-    def weight_info(self):
-        return self.engine.weight_info()
-
-    def join_weight_group(self, *args):
-        self.engine.join_weight_group(*args)
-
-    def receive_weights(self, *args):
+    def receive(self, *args):
         if os.path.exists(self.flag):
             os.remove(self.flag)
             os._exit(1)
-        return self.engine.receive_weights(*args)
-
-    def logprobs(self, seq):
-        return self.engine.logprobs(seq)
+        return super().receive(*args)
 
 
 def test_broadcast_cut_by_a_dying_engine_fails_fast_then_a_new_group_delivers(tmp_path):
@@ -154,7 +149,7 @@ def test_broadcast_cut_by_a_dying_engine_fails_fast_then_a_new_group_delivers(tm
     t = time.perf_counter()
     with pytest.raises((PushInterrupted, ray.exceptions.RayActorError)):
         learner.push_weights(engines)
-    assert time.perf_counter() - t < 15 and learner._group is None  # not the 20 s timeout; the group is dropped
+    assert time.perf_counter() - t < 15 and learner.pusher._group is None  # not the 20 s timeout; the group is dropped
     for _ in range(10):  # launch/trainer.py's push retries the same way while Ray restarts the engine
         try:
             learner.push_weights(engines)
@@ -168,13 +163,15 @@ def test_broadcast_cut_by_a_dying_engine_fails_fast_then_a_new_group_delivers(tm
 
 @ray.remote
 class StalledEngine:
-    def load_weights(self, state_dict, version):
+    """A WeightReceiver that never answers."""
+
+    def load(self, state_dict, version):
         time.sleep(60)
 
     def weight_info(self):
-        return {"device": "cpu", "gpu_uuid": None, "group_id": None}
+        return {"device": "cpu", "gpu_uuid": None, "group_id": None, "version": 0}
 
-    def join_weight_group(self, *args):
+    def join(self, *args):
         time.sleep(60)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render_farm.cache import ByteLRU
+from common.cache import LRU
 from render_farm.config import RenderConfig
 from render_farm.images import non_dominant_fraction
 from render_farm.result import RenderRequest
@@ -24,16 +24,23 @@ def test_uniform_image_is_exactly_blank_and_a_mark_is_not():
     assert non_dominant_fraction(png(img)) == pytest.approx(40 / 9216)
 
 
-def test_byte_lru_evicts_oldest_and_tracks_hits():
-    cache = ByteLRU(10, size_of=len)
+def test_lru_evicts_oldest_and_tracks_hits():
+    cache = LRU(10, size_of=len)
     cache.put("a", b"xxxx")
     cache.put("b", b"yyyy")
     assert cache.get("a") == b"xxxx"  # a is now the most recent
     cache.put("c", b"zzzz")  # 12 bytes > 10: evict b
     assert cache.get("b") is None and cache.get("a") and cache.get("c")
-    assert cache.bytes == 8 and cache.hits == 3 and cache.misses == 1
+    assert cache.size == 8 and cache.hits == 3 and cache.misses == 1
     cache.put("huge", b"0" * 11)  # larger than the whole cache: not stored
     assert cache.get("huge") is None
+    entries = LRU(2)  # bounded by entries (the critic service's critiques)
+    for k in "abc":
+        entries.put(k, k.upper())
+    assert len(entries) == 2 and entries.get("a") is None and entries.get("c") == "C"
+    off = LRU(0)  # critic.cache_entries=0 disables the cache
+    off.put("a", "A")
+    assert off.get("a") is None
 
 
 def test_request_key_depends_on_page_viewport_schedule_and_clock():

@@ -3,11 +3,11 @@ are scripted here so that each rule (edit budget, early stops, what is kept) is 
 the same loop end to end in test_inference.py."""
 import pytest
 
-from actors.agent import Conversation
 from actors.config import SelfEditConfig
 from actors.engine import Completion
-from actors.models import load_tokenizer
+from actors.rollout import Conversation
 from actors.self_edit import apply_edits, farm_rank, parse_edits, revise, self_edit
+from common.models import load_tokenizer
 from render_farm.renderer import Renderer
 
 from .conftest import run

@@ -28,7 +28,7 @@ def test_vllm_engine_generates_and_takes_pushed_weights():
             for p in reference.model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         before = engine.logprobs(seq)
-        engine.load_weights(reference.model.state_dict(), version=5)
+        engine.load(reference.model.state_dict(), version=5)
         after = engine.logprobs(seq)
         assert engine.version == 5
         assert after != pytest.approx(before, abs=1e-3)  # the push changed the model
@@ -72,9 +72,9 @@ def test_vllm_engine_receives_a_bucketed_broadcast_over_gloo():
 
         sender = threading.Thread(target=send)
         sender.start()
-        engine.join_weight_group("g1", "gloo", "127.0.0.1", port, 1, 2, 60.0)
-        assert engine.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1"}
-        engine.receive_weights("broadcast", [[tuple(m) for m in b] for b in buckets], version=3)
+        engine.join("g1", "gloo", "127.0.0.1", port, 1, 2, 60.0)
+        assert engine.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1", "version": 0}
+        engine.receive("broadcast", [[tuple(m) for m in b] for b in buckets], version=3)
         sender.join(timeout=60)
         assert sent and engine.version == 3
         seq = engine.chat_ids([{"role": "user", "content": "Write a page"}]) + [5, 6, 7, 8]

@@ -1,4 +1,5 @@
-"""A least-recently-used cache bounded by bytes: GRPO groups often produce the same page several times."""
+"""A least-recently-used cache bounded by a size: bytes (the render farm's screenshots) or entries (the critic
+service's critiques, size_of=lambda v: 1). GRPO groups often produce the same page several times."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,11 +8,11 @@ from typing import Callable, Generic, Hashable, TypeVar
 V = TypeVar("V")
 
 
-class ByteLRU(Generic[V]):
-    def __init__(self, max_bytes: int, size_of: Callable[[V], int]):
-        self.max_bytes = max_bytes
+class LRU(Generic[V]):
+    def __init__(self, max_size: int, size_of: Callable[[V], int] = lambda v: 1):
+        self.max_size = max_size  # 0 disables the cache
         self.size_of = size_of
-        self.bytes = 0
+        self.size = 0
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
@@ -27,15 +28,15 @@ class ByteLRU(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> None:
         size = self.size_of(value)
-        if size > self.max_bytes:
+        if size > self.max_size:
             return
         if key in self._items:
-            self.bytes -= self._items.pop(key)[1]
+            self.size -= self._items.pop(key)[1]
         self._items[key] = (value, size)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
+        self.size += size
+        while self.size > self.max_size:
             _, (_, old) = self._items.popitem(last=False)
-            self.bytes -= old
+            self.size -= old
 
     def __len__(self) -> int:
         return len(self._items)

