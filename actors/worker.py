@@ -55,6 +55,9 @@ class _AgentLoop:
         return await self_edit(task, conv, self.batcher.generate, self.farm.render, cfg,
                                self.critic.critique if self.critic is not None else None)
 
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
     def reseed(self, seed: int) -> None:
         """Sampling seed of the next generate calls (the HF engine samples with torch's global generator)."""
         import torch

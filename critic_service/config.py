@@ -12,7 +12,7 @@ BACKENDS = ("heuristic", "openai")
 class CriticConfig:
     backend: str = "heuristic"  # "heuristic" (deterministic stand-in, no MLLM) or "openai" (any chat-completions endpoint with vision)
     url: str | None = None  # an already running critic service; None = start one
-    host: str = "127.0.0.1"  # where the service listens
+    host: str = "127.0.0.1"  # where a started service listens; "auto" (training): the driver's node IP, which every node of the Ray cluster reaches
     port: int = 8765  # service port (0 = any free port)
     max_concurrency: int = 64  # backend calls in flight at once (a semaphore)
     requests_per_minute: float = 0.0  # token bucket toward the backend; 0 = unlimited

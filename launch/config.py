@@ -83,7 +83,7 @@ class TrainerConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
+    critic: CriticConfig = field(default_factory=lambda: CriticConfig(host="auto", port=0))
     render: RenderConfig = field(default_factory=RenderConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=2, max_turns=2, max_resamples=1, max_new_tokens=192))

@@ -7,7 +7,10 @@ import io
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
+
+import ray
 
 from omegaconf import OmegaConf
 
@@ -39,7 +42,7 @@ class RunFiles:
     """The run's folder. Everything a step writes goes through here, so a resumed run can cut back to its checkpoint."""
 
     def __init__(self, root: str):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # learner ranks write here too, from their own working folders
         (self.root / "samples").mkdir(parents=True, exist_ok=True)
         (self.root / "checkpoints").mkdir(exist_ok=True)
 
@@ -51,6 +54,23 @@ class RunFiles:
         text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
         (self.root / "config.yaml").write_text(text)
         return text
+
+    def check_shared(self, learner) -> None:
+        """Learner rank 0 writes the checkpoints: on a cluster this folder must be storage its node sees too."""
+        marker = self.root / f".shared-{uuid.uuid4().hex[:12]}"
+        marker.write_text("written by the driver; learner rank 0 must see it\n")
+        try:
+            if not ray.get(learner.ranks[0].sees.remote(str(marker))):
+                raise RuntimeError(f"trainer.output_dir={str(self.root)!r} is not visible from learner rank 0 on "
+                                   f"{learner.hosts[0]}: it writes the checkpoints there. On a multi-node cluster put "
+                                   f"trainer.output_dir on storage every node mounts (NFS, a shared volume)")
+        finally:
+            marker.unlink()
+
+    def write_hosts(self, hosts: dict) -> None:
+        """hosts.json: the node IP of every actor of the run (learner ranks, rollout workers, render workers)."""
+        (self.root / "hosts.json").write_text(json.dumps(hosts, indent=1))
+        print("hosts: " + "; ".join(f"{k} {v}" for k, v in hosts.items()), flush=True)
 
     def checkpoint(self, resume: str) -> Path | None:
         """The checkpoint to resume from: "auto" = the latest in this run's folder, "never", or a path."""

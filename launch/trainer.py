@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.worker import rollout_worker, stream_groups
-from critic_service.process import endpoint
+from critic_service.process import answers, endpoint
 from learner.learner import Learner
 from learner.weight_sync import PushInterrupted
 from render_farm.farm import RenderFarm
@@ -67,12 +67,16 @@ class Trainer:
             changed = config_changes(flat(OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml"))), flat(cfg))
             if changed:
                 print(f"resuming from {ckpt} with changed settings: " + "; ".join(changed), flush=True)
-        # A dead critic.url fails here, before Ray starts or the config is written.
-        self.critic_url = self._resources.enter_context(endpoint(cfg.critic, self.files.critic_log))
-        print(f"critic service: {self.critic_url}", flush=True)
+        if cfg.critic.url and not answers(cfg.critic.url):  # before Ray starts or the config is written
+            raise ValueError(f"critic.url={cfg.critic.url!r} does not answer GET /healthz")
         self.config_yaml = self.files.write_config(cfg)
         ray_init(cfg)
         self._resources.callback(ray.shutdown)
+        # A critic started here listens on the driver's node IP ("auto"): rollout workers on any node reach it.
+        critic = cfg.critic if cfg.critic.host != "auto" else \
+            dataclasses.replace(cfg.critic, host=ray.util.get_node_ip_address())
+        self.critic_url = self._resources.enter_context(endpoint(critic, self.files.critic_log))
+        print(f"critic service: {self.critic_url}", flush=True)
         self.layout = placement.plan(cfg.cluster, cfg.learner.ranks, cfg.rollout.workers, cfg.render.workers,
                                      ray.cluster_resources().get("GPU", 0))
         placement.reserve(self.layout, cfg.cluster.placement_timeout_s)
@@ -91,6 +95,7 @@ class Trainer:
                                cfg.rollout.temperature, cfg.data.tasks_per_step * cfg.rollout.group_size,
                                cfg.cluster.learner_cpus, self.layout.learner_gpus,
                                [placement.options(self.layout, b) for b in self.layout.learner])
+        self.files.check_shared(self.learner)
         if ckpt is not None:
             self.learner.load(str(ckpt))
             state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -99,6 +104,9 @@ class Trainer:
             self.push()
             print(f"resumed from {ckpt} (step {self.start_step}, policy version {self.learner.version})", flush=True)
         print(f"learner ready ({cfg.learner.ranks} rank(s), ZeRO-{cfg.learner.zero_stage})", flush=True)
+        self.files.write_hosts({"learner": self.learner.hosts,
+                                "rollout": ray.get([w.node_ip.remote() for w in self.workers]),
+                                "render": ray.get([w.node_ip.remote() for w in self.farm.workers])})
         self.train_pool, self.heldout = task_pools(cfg)
         self.dash = Dashboard(cfg, self.files.root, self.start_step)
         return self

@@ -28,6 +28,7 @@ class LearnerConfig:
     weight_sync: str = "auto"  # push transport: auto, object_store, broadcast (NCCL/gloo group) or cuda_ipc (same GPU)
     bucket_mb: float = 256.0  # broadcast / cuda_ipc: weights travel in buckets of about this many MiB
     push_timeout_s: float = 120.0  # a weight push that takes longer raises instead of hanging
+    rendezvous_timeout_s: float = 120.0  # the DeepSpeed group must form within this, or the run fails naming host:port
     keep_checkpoints: int = 1  # checkpoints kept in trainer.output_dir/checkpoints (each is ~1.6 GB for SmolLM2)
 
     def validate(self) -> "LearnerConfig":
@@ -42,5 +43,6 @@ class LearnerConfig:
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
             ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),
             ("bucket_mb", self.bucket_mb > 0, "> 0"),
+            ("rendezvous_timeout_s", self.rendezvous_timeout_s > 0, "seconds > 0"),
         ]
         return check("learner", self, checks)

@@ -38,12 +38,23 @@ class Learner:
         self.cfg = cfg.validate()
         per_rank = math.ceil(trajectories_per_step / cfg.ranks)
         gas = cfg.micro_batches_per_step or max(1, math.ceil(per_rank / cfg.micro_batch_size))
-        port = ws.free_port("127.0.0.1")
         gpus = gpus_per_rank if gpus_per_rank is not None else (
             1 if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else 0)
         self.ranks = [LearnerRank.options(num_cpus=cpus_per_rank, num_gpus=gpus, **(placement[r] if placement else {}))
-                      .remote(model, cfg, r, cfg.ranks, "127.0.0.1", port, gas, temperature) for r in range(cfg.ranks)]
-        self._all("ready")
+                      .remote(model, cfg, r, cfg.ranks, gas, temperature) for r in range(cfg.ranks)]
+        # Rank 0's node IP and a port free on that node: an address every rank can reach, wherever it runs.
+        master, port = ray.get(self.ranks[0].address.remote())
+        self.hosts = ray.get([r.node_ip.remote() for r in self.ranks])
+        joins = [r.join.remote(master, port) for r in self.ranks]
+        ready, _ = ray.wait(joins, num_returns=len(joins), timeout=cfg.rendezvous_timeout_s)
+        if len(ready) < len(joins):
+            for r in self.ranks:
+                ray.kill(r)
+            raise TimeoutError(f"the DeepSpeed group did not form at {master}:{port} (learner rank 0's node) within "
+                               f"learner.rendezvous_timeout_s={cfg.rendezvous_timeout_s:g} s: {len(ready)} of "
+                               f"{len(joins)} ranks joined; ranks on {self.hosts}")
+        ray.get(ready)  # a rank that failed to join raises here
+        self._all("build")
         self.version = 0
         self.pusher = ws.Pusher(self.ranks, cfg.weight_sync, cfg.bucket_mb, cfg.push_timeout_s)
 

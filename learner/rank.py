@@ -58,38 +58,66 @@ def micro_batches(samples: list[dict], size: int, count: int) -> list[list[dict]
 
 @ray.remote
 class LearnerRank:
-    def __init__(self, model: str, cfg: LearnerConfig, rank: int, world: int, master: str, port: int,
-                 micro_batches_per_step: int, temperature: float):
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)))
-        os.environ["DS_ACCELERATOR"] = device  # not inherited from the driver: a CPU test session sets "cpu"
-        if device == "cpu":
+    """Made in three calls, so that every address it rendezvouses on is one the others can reach: the constructor
+    (nothing distributed yet), `address()` on rank 0 (its node's IP and a port free there), `join(master, port)` on
+    every rank (the DeepSpeed group), then `build()` (model, optimiser, DeepSpeed engine)."""
+
+    def __init__(self, model: str, cfg: LearnerConfig, rank: int, world: int, micro_batches_per_step: int,
+                 temperature: float):
+        self.cfg, self.rank, self.world, self.temperature, self.model_name = cfg, rank, world, temperature, model
+        self.gas = micro_batches_per_step
+        self.device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        os.environ["DS_ACCELERATOR"] = self.device_type  # not inherited from the driver: a CPU test session sets "cpu"
+        if self.device_type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))  # DeepSpeed's JIT op, built once
         _clear_stale_build_locks(pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]))
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0: where the group meets - this node's IP and a port free on it right now."""
+        ip = ray.util.get_node_ip_address()
+        return ip, ws.free_port(ip)
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def sees(self, path: str) -> bool:
+        """Whether a file the driver wrote is visible here (rank 0 writes the checkpoints)."""
+        return os.path.exists(path)
+
+    def join(self, master: str, port: int) -> int:
+        """Join the DeepSpeed group at master:port (the driver bounds the wait: learner.rendezvous_timeout_s)."""
+        import deepspeed
+        os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), RANK=str(self.rank), WORLD_SIZE=str(self.world),
+                          LOCAL_RANK="0" if self.device_type == "cpu" else str(self.rank % max(torch.cuda.device_count(), 1)))
+        ws.use_interface_towards(master)
+        deepspeed.init_distributed(dist_backend="gloo" if self.device_type == "cpu" else "nccl")
+        return self.rank
+
+    def build(self) -> int:
         import deepspeed
 
         from common.models import load_model, load_tokenizer
-        self.cfg, self.rank, self.world, self.temperature, self.model_name = cfg, rank, world, temperature, model
-        self.gas = micro_batches_per_step
+        cfg, model = self.cfg, self.model_name
         torch.manual_seed(max(cfg.seed, 0))  # -1 (trainer.seed) is resolved by the trainer; 0 when used alone
         random.seed(max(cfg.seed, 0))
-        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
-        dtype = torch.bfloat16 if device == "cuda" and cfg.bf16 else torch.float32
+        dtype = torch.bfloat16 if self.device_type == "cuda" and cfg.bf16 else torch.float32
         self.pad_id = load_tokenizer(model).pad_token_id
         policy = load_model(model, dtype)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # fp32 training: the optimizer's fp32 master partitions equal the weights, so a checkpoint need not hold them
+        # twice; they are refreshed from the (exact) weights on load. bf16 keeps them: they are more precise.
+        self.fp32_master_in_weights = dtype == torch.float32 and cfg.zero_stage < 3
         ds_config = {"train_micro_batch_size_per_gpu": cfg.micro_batch_size, "gradient_accumulation_steps": self.gas,
-                     "zero_optimization": {"stage": cfg.zero_stage}, "gradient_clipping": cfg.grad_clip,
-                     "bf16": {"enabled": dtype == torch.bfloat16}, "steps_per_print": 10**9}
+                     "zero_optimization": {"stage": cfg.zero_stage,
+                                           "load_from_fp32_weights": not self.fp32_master_in_weights},
+                     "gradient_clipping": cfg.grad_clip, "bf16": {"enabled": dtype == torch.bfloat16},
+                     "steps_per_print": 10**9}
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_config)
         self.ref = None
         if cfg.kl_coef > 0:  # frozen reference for the KL term
             self.ref = load_model(model, dtype).to(self.engine.device).requires_grad_(False)
         self.device = self.engine.device
-
-    def ready(self) -> int:
         return self.rank
 
     def step(self, samples: list[dict], global_tokens: int) -> dict:
@@ -148,10 +176,11 @@ class LearnerRank:
     # --- weight push: the send side of learner/weight_sync.py ---
 
     def weight_info(self) -> dict:
-        """Where this rank's weights live, and a free port for a weight group's rendezvous (rank 0 hosts it)."""
+        """Where this rank's weights live, and a free port on its node for a weight group's rendezvous (rank 0 hosts it)."""
         cuda = self.device.type == "cuda"
+        ip = ray.util.get_node_ip_address()
         return {"device": self.device.type, "gpu_uuid": ws.gpu_uuid(self.device) if cuda else None,
-                "ip": ray.util.get_node_ip_address(), "port": ws.free_port()}
+                "ip": ip, "port": ws.free_port(ip)}
 
     def weight_metas(self) -> list:
         """Every parameter name with its full shape (even where ZeRO-3 partitions it). A tied weight goes under each of
@@ -178,9 +207,9 @@ class LearnerRank:
 
     def save(self, path: str) -> None:
         """Rank 0 writes the Hugging Face model (transformers and vLLM load it as is); every rank writes its DeepSpeed
-        state (optimizer, its fp32 master partition) and RNG. The weights are stored once: under ZeRO-1/2 DeepSpeed
-        would write the whole module again beside the HF copy, so its module file is left empty and `load` takes
-        the weights from the HF copy (ZeRO-3's module file holds only placeholders anyway)."""
+        state (Adam moments; the fp32 master partition when training in bf16) and RNG. The weights are stored once:
+        under ZeRO-1/2 DeepSpeed would write the whole module again beside the HF copy, so its module file is left
+        empty and `load` takes the weights from the HF copy (ZeRO-3's module file holds only placeholders)."""
         sd = self.state_dict()
         if self.rank == 0:
             from common.models import load_tokenizer
@@ -188,10 +217,15 @@ class LearnerRank:
             load_tokenizer(self.model_name).save_pretrained(os.path.join(path, "hf"))
         if self.cfg.zero_stage < 3:
             self.engine.module_state_dict = lambda **_: {}  # this one save only: the HF copy holds the weights
+        if self.fp32_master_in_weights:
+            full = self.engine.optimizer.state_dict
+            self.engine.optimizer.state_dict = lambda: {k: v for k, v in full().items()
+                                                        if k != "single_partition_of_fp32_groups"}
         try:
             self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state")
         finally:
             self.engine.__dict__.pop("module_state_dict", None)
+            self.engine.optimizer.__dict__.pop("state_dict", None)
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, os.path.join(path, f"rng_rank{self.rank}.pt"))
 
     def load(self, path: str) -> None:

@@ -100,6 +100,28 @@ def unpack(flat: torch.Tensor, metas: list[TensorMeta]) -> dict[str, torch.Tenso
     return out
 
 
+def use_interface_towards(peer: str) -> None:
+    """gloo picks its network interface from the hostname, which on a multi-homed host (or a network namespace) can
+    resolve to an address the other members cannot reach: pin it (GLOO_SOCKET_IFNAME) to the interface this process
+    would use to reach `peer`, unless the user set one. No packet is sent (a UDP socket's connect only routes)."""
+    import os
+    import socket
+
+    import psutil
+    if "GLOO_SOCKET_IFNAME" in os.environ and not os.environ.get("RELOOK_PINNED_GLOO"):
+        return
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer, 9))
+            local = s.getsockname()[0]
+    except OSError:
+        return
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == local for a in addrs):
+            os.environ.update(GLOO_SOCKET_IFNAME=name, RELOOK_PINNED_GLOO="1")
+            return
+
+
 def free_port(host: str = "") -> int:
     """A port free right now on this node, for a rendezvous (the DeepSpeed group's or a weight group's)."""
     import socket
@@ -112,7 +134,12 @@ def weight_group(backend: str, master: str, port: int, rank: int, world: int, ti
     """A process group of its own (not the default one, which a learner rank already uses for DeepSpeed).
     Rank 0 hosts the rendezvous store; a member that never joins makes the others fail after timeout_s."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.PrefixStore("relook-weights", dist.TCPStore(master, port, world, rank == 0, timeout=timeout))
+    use_interface_towards(master)
+    try:
+        store = dist.PrefixStore("relook-weights", dist.TCPStore(master, port, world, rank == 0, timeout=timeout))
+    except Exception as e:  # a refused or unreachable rendezvous: say where, not only what
+        raise TimeoutError(f"weight group rendezvous at {master}:{port} (rank {rank} of {world}) failed within "
+                           f"{timeout_s:g} s: {e}") from e
     if backend == "gloo":
         return dist.ProcessGroupGloo(store, rank, world, timeout)
     if backend == "nccl":

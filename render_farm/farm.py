@@ -26,6 +26,9 @@ class RenderWorker:
     async def stats(self) -> dict:
         return self.renderer.stats()
 
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
 
 class RenderFarm:
     """Client side of the pool: `await farm.render(html)`, `farm.render_batch([...])` (blocking)."""

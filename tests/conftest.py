@@ -38,14 +38,14 @@ def stop_ray_session(temp_dir: str) -> None:
     from render_farm.sandbox import process_tree
     ours = []
     for name in os.listdir("/proc"):
-        if name.isdigit():
+        if name.isdigit() and int(name) != os.getpid():
             try:
                 with open(f"/proc/{name}/cmdline", "rb") as f:
                     if temp_dir.encode() in f.read().replace(b"\0", b" "):
                         ours.append(int(name))
             except OSError:
                 pass
-    for pid in {p for root in ours for p in process_tree(root)}:
+    for pid in {p for root in ours for p in process_tree(root)} - {os.getpid()}:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

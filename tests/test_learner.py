@@ -1,5 +1,6 @@
 """The GRPO learner on DeepSpeed (CPU, gloo) as Ray actors: learning, ZeRO-2 across ranks, checkpoints, weight push."""
 import os
+import pathlib
 import time
 
 import pytest
@@ -83,6 +84,10 @@ def test_checkpoint_resume_is_bit_identical_and_loads_in_transformers(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(os.path.join(path, "hf"))
     assert sum(p.numel() for p in hf.parameters()) > 0
     assert not os.path.exists(path + ".tmp")
+    # the weights are stored once (in hf/): DeepSpeed's files hold the two Adam moments and no copy of the weights
+    size = lambda d: sum(f.stat().st_size for f in pathlib.Path(path, d).rglob("*") if f.is_file())  # noqa: E731
+    weights = os.path.getsize(os.path.join(path, "hf", "model.safetensors"))
+    assert size("deepspeed") < 2.2 * weights, (size("deepspeed"), weights)
 
 
 @pytest.mark.parametrize("transport", ["object_store", "broadcast"])
@@ -182,3 +187,26 @@ def test_stalled_push_times_out_with_a_clear_error(transport):
     with pytest.raises(TimeoutError, match="reached 0 of 1 engines within learner.push_timeout_s=1"):
         learner.push_weights([StalledEngine.remote()], timeout_s=1)
     assert time.perf_counter() - t < 10
+
+
+def test_a_group_that_cannot_form_fails_in_time_naming_its_address():
+    t = time.perf_counter()
+    with pytest.raises(TimeoutError, match=r"did not form at [0-9.]+:[0-9]+ .*rendezvous_timeout_s=0.2 s"):
+        make(ranks=2, rendezvous_timeout_s=0.2)  # importing DeepSpeed alone takes longer than that
+    assert time.perf_counter() - t < 30
+
+
+def test_output_dir_not_seen_by_learner_rank_0_is_a_clear_error(tmp_path):
+    from launch.run_io import RunFiles
+
+    @ray.remote
+    class ElsewhereRank:  # a rank on a host that does not mount the driver's folder
+        def sees(self, path):
+            return False
+
+    elsewhere = type("L", (), {"ranks": [ElsewhereRank.remote()], "hosts": ["198.18.0.2"]})()
+    with pytest.raises(RuntimeError, match="not visible from learner rank 0 on 198.18.0.2"):
+        RunFiles(str(tmp_path)).check_shared(elsewhere)
+    assert not list(tmp_path.glob(".shared-*"))  # the marker is removed
+    learner = make()
+    RunFiles(str(tmp_path)).check_shared(learner)  # the same machine: seen
