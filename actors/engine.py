@@ -30,6 +30,7 @@ class Completion:
     logprobs: list[float]  # log p(token) under the policy at the sampling temperature, one per token
     text: str
     finished: bool  # ended by end-of-turn or a stop string (not by max_new_tokens)
+    version: int = 0  # the policy version that sampled it (asynchronous training bounds its staleness)
 
 
 class HFEngine(ModelReceiver):
@@ -57,7 +58,8 @@ class HFEngine(ModelReceiver):
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = sampling.temperature <= 0
-        with self.lock:
+        with self.lock:  # a push waits: one call is sampled by one policy version
+            version = self.version
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
                 temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
@@ -78,7 +80,7 @@ class HFEngine(ModelReceiver):
             text = tok.decode(row[:n], skip_special_tokens=True)
             finished = n < len(row) or (n > 0 and row[n - 1] == tok.eos_token_id)
             finished = finished or any(s in text for s in sampling.stop)
-            results.append(Completion(row[:n], lp[:n], text, finished))
+            results.append(Completion(row[:n], lp[:n], text, finished, version))
         return results
 
     @torch.no_grad()
@@ -92,12 +94,20 @@ class HFEngine(ModelReceiver):
 
 
 class Batcher:
-    """Collects concurrent generate requests (trajectories waiting on their next turn) into one engine call."""
+    """Collects concurrent generate requests (trajectories waiting on their next turn) into engine calls: whatever is
+    waiting when a call can start goes into it, one call per distinct sampling setting. Counts what it did (`stats`):
+    engine calls, requests per call, and how many requests were waiting when each call began."""
 
     def __init__(self, engine, max_batch: int = 16, window_s: float = 0.01):
         self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self.reset_stats()
+
+    def reset_stats(self) -> dict:
+        """The counts since the last reset: {"calls", "requests", "max", "ready"} (ready: summed over calls)."""
+        old, self.stats = getattr(self, "stats", None), {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+        return old
 
     async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
         if self._task is None:
@@ -117,7 +127,11 @@ class Batcher:
             groups: dict[Sampling, list] = {}
             for item in batch:  # one engine call per distinct sampling setting (a value, so equal ones merge)
                 groups.setdefault(item[1], []).append(item)
+            unserved = len(batch)
             for items in groups.values():
+                st, ready = self.stats, unserved + self._queue.qsize()  # requests waiting as this call begins
+                st["calls"], st["requests"], st["ready"] = st["calls"] + 1, st["requests"] + len(items), st["ready"] + ready
+                st["max"], unserved = max(st["max"], len(items)), unserved - len(items)
                 try:
                     outs = await asyncio.to_thread(self.engine.generate, [p for p, _, _ in items], items[0][1])
                     for (_, _, f), c in zip(items, outs):

@@ -30,6 +30,7 @@ class Attempt:
     accepted: bool
     feedback: str = ""
     tokens: int = 0
+    version: int = 0  # the policy version that sampled it
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Trajectory:
     unscorable: bool = False  # the final page could not be scored: left out of the group baseline
     final_score: float | None = None
     final_valid: bool = False
-    policy_version: int = 0
+    policy_version: int = 0  # the oldest policy version among its accepted turns (what staleness is measured by)
     timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0})
     finished_at: float = 0.0  # wall-clock time the trajectory finished (time.time())
     final_screenshot: bytes | None = None  # for dashboards; not serialised
@@ -136,10 +137,10 @@ class Conversation:
 
 
 async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
-                         generate, render, critique, cfg: RolloutConfig, version: int) -> Trajectory:
+                         generate, render, critique, cfg: RolloutConfig) -> Trajectory:
     """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
     render(html) -> RenderResult; critique(CritiqueRequest) -> Critique."""
-    traj = Trajectory(task["id"], group_id, task["prompt"], policy_version=version)
+    traj = Trajectory(task["id"], group_id, task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     checklist = list(task.get("checklist") or [])
     traj.token_ids, traj.loss_mask, traj.logprobs = list(prompt_ids), [0] * len(prompt_ids), [0.0] * len(prompt_ids)
@@ -148,18 +149,19 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         html = extract_html(c.text)
         if html is None:
             return Attempt(turn, c.text, 0.0, False, "no_html", False, "No ```html code block was found in the "
-                           "reply: answer with the whole page in one ```html block.", len(c.token_ids)), None
+                           "reply: answer with the whole page in one ```html block.", len(c.token_ids), c.version), None
         t = time.perf_counter()
         page = await render(html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic
             return Attempt(turn, c.text, 0.0, False, page.reason, False, f"The page did not render: {page.reason} "
-                           f"({page.detail}). Fix it so the page loads and shows its content.", len(c.token_ids)), page
+                           f"({page.detail}). Fix it so the page loads and shows its content.", len(c.token_ids),
+                           c.version), page
         t = time.perf_counter()
         verdict = await critique(CritiqueRequest(task["prompt"], html, checklist, page.screenshots, page.shot_times,
                                                  page.dom, page.console_errors + page.page_errors))
         traj.timings_s["critic"] += time.perf_counter() - t
-        return Attempt(turn, c.text, verdict.score, True, None, False, verdict.feedback, len(c.token_ids)), page
+        return Attempt(turn, c.text, verdict.score, True, None, False, verdict.feedback, len(c.token_ids), c.version), page
 
     def take(c: Completion):
         traj.token_ids += c.token_ids
@@ -192,6 +194,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
                 break
         else:
             break  # Forced Optimization: no resample improved, the trajectory stops here
+    traj.policy_version = min(a.version for a in traj.attempts if a.accepted)
     traj.final_score = best
     traj.final_valid = best_attempt.valid
     traj.unscorable = best is None
@@ -202,8 +205,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     return traj
 
 
-async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
-                    version: int) -> list[Trajectory]:
+async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig) -> list[Trajectory]:
     """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
     one waiting on its render or critique never blocks the others."""
     prompt_ids = conv.prompt_ids(task["prompt"])
@@ -211,8 +213,8 @@ async def run_group(task: dict, conv: Conversation, generate, render, critique, 
     t = time.perf_counter()
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
-    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg,
-                                                  version) for g, c in enumerate(firsts)))
+    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg)
+                                   for g, c in enumerate(firsts)))
     for tr in trajs:
         tr.timings_s["generate"] += gen_s
     return list(trajs)

@@ -65,7 +65,7 @@ class VLLMEngine:
             o = out.outputs[0]
             ids = list(o.token_ids)
             logprobs = [entry[t].logprob for t, entry in zip(ids, o.logprobs)]
-            results.append(Completion(ids, logprobs, o.text, o.finish_reason == "stop"))
+            results.append(Completion(ids, logprobs, o.text, o.finish_reason == "stop", self.version))
         return results
 
     def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:

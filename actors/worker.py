@@ -45,9 +45,12 @@ class _AgentLoop:
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
 
     async def rollout(self, task: dict) -> list:
-        """G trajectories for one task (actors/rollout.py), tagged with the policy version that sampled them."""
-        return await run_group(task, self.conv, self.batcher.generate, self.farm.render, self.critic.critique,
-                               self.cfg, self.version)
+        """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it."""
+        return await run_group(task, self.conv, self.batcher.generate, self.farm.render, self.critic.critique, self.cfg)
+
+    def engine_stats(self) -> dict:
+        """The Batcher's counts since the last call (engine calls, requests per call, requests waiting per call)."""
+        return self.batcher.reset_stats()
 
     async def self_edit(self, task: dict, cfg: SelfEditConfig) -> EditResult:
         """Inference (launch/evaluate.py on a Ray cluster): the self-edit cycle on this worker's engine."""

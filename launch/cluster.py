@@ -35,7 +35,20 @@ def main(dcfg: DictConfig) -> None:
         cfg.trainer.output_dir = hydra_job_dir(cfg.trainer.output_dir, user_set)
         print(f"sweep job {hc.job.num}: trainer.output_dir={cfg.trainer.output_dir}", flush=True)
     from launch.trainer import train
-    train(cfg)
+    if not cfg.trainer.throughput:
+        train(cfg)
+        return
+    import dataclasses
+    import json
+
+    from launch.run_io import throughput_line
+    root = cfg.trainer.output_dir
+    for mode, k in (("sync", 0), ("async", 1)):  # the same steps, seeds and tasks; one after the other
+        run = dataclasses.replace(cfg, trainer=dataclasses.replace(
+            cfg.trainer, max_staleness=k, output_dir=os.path.join(root, mode), resume="never"))
+        train(run)
+        rows = [json.loads(line) for line in open(os.path.join(root, mode, "metrics.jsonl"))]
+        print(json.dumps(throughput_line(mode, rows)), flush=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ class TrainerConfig:
     wandb_project: str = "relook"  # wandb project name
     progress: bool = True  # a progress bar with the live figures
     learning_check: bool = False  # held-out reward before and after training, printed as one JSON line
+    max_staleness: int = 0  # 0: on-policy (rollout, update, push, in turn); k >= 1: rollouts run ahead while the learner steps, on policies at most k versions old
+    throughput: bool = False  # +experiment=throughput: the same steps synchronously, then with max_staleness=1; one JSON line per mode
 
 
 @dataclass
@@ -101,8 +103,15 @@ class TrainConfig:
             ("trainer.max_steps", self.trainer.max_steps >= 1, "an integer >= 1"),
             ("trainer.save_every", self.trainer.save_every >= 1, "an integer >= 1"),
             ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
+            ("trainer.max_staleness", self.trainer.max_staleness >= 0, "an integer >= 0"),
+            ("learner.loss", not (self.trainer.max_staleness and self.learner.loss == "ppo"),
+             "'decoupled' or 'auto' with trainer.max_staleness >= 1 (stale samples need the importance weight)"),
         ])
 
-    def learner_seed(self) -> int:
-        """The one derived value: learner.seed, or trainer.seed where learner.seed is -1 (the default)."""
-        return self.learner.seed if self.learner.seed >= 0 else self.trainer.seed
+    def resolved_learner(self) -> LearnerConfig:
+        """The learner's config with its two documented derivations made: learner.seed -1 = trainer.seed, and
+        learner.loss auto = decoupled with trainer.max_staleness >= 1, else ppo."""
+        import dataclasses
+        return dataclasses.replace(
+            self.learner, seed=self.learner.seed if self.learner.seed >= 0 else self.trainer.seed,
+            loss=self.learner.loss if self.learner.loss != "auto" else ("decoupled" if self.trainer.max_staleness else "ppo"))

@@ -125,7 +125,7 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "generate_busy_s": busy["generate"], "render_busy_s": busy["render"], "critic_busy_s": busy["critic"],
         "overlap_ratio": rollout_s / max(max(busy.values()), 1e-9),
         "renders_per_s": sum(a.reason != "no_html" for a in attempts) / max(rollout_s, 1e-9),
-        "tokens_per_s": generated / max(rollout_s, 1e-9),
+        "tokens_per_s": generated / max(rollout_s, 1e-9), "generated_tokens": generated, "trajectories": len(trajs),
         "critic_latency_s": busy["critic"] / max(sum(a.valid for a in attempts), 1),
     }
 
@@ -178,3 +178,20 @@ def hydra_job_dir(user_dir: str, user_set: bool) -> str:
     from hydra.core.hydra_config import HydraConfig
     hc = HydraConfig.get()
     return os.path.join(user_dir, str(hc.job.num)) if user_set else hc.runtime.output_dir
+
+
+def throughput_line(mode: str, rows: list[dict]) -> dict:
+    """One mode of +experiment=throughput from its metrics rows: rates over the steps' wall time (elapsed_s, from the
+    first step's start), the engines' batching, mean stage times, and overlap = (rollout + learn + push) / wall (1: the
+    stages ran in turn; above 1: they overlapped)."""
+    wall = max(rows[-1]["elapsed_s"], 1e-9)
+    calls = sum(r["engine_calls"] for r in rows) or 1
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    return {"mode": mode, "steps": len(rows), "tokens_per_s": round(sum(r["generated_tokens"] for r in rows) / wall, 2),
+            "trajectories_per_s": round(sum(r["trajectories"] for r in rows) / wall, 4),
+            "engine_batch_mean": round(sum(r["engine_batch_mean"] * r["engine_calls"] for r in rows) / calls, 3),
+            "engine_ready_mean": round(sum(r["engine_ready_mean"] * r["engine_calls"] for r in rows) / calls, 3),
+            "step_s": round(wall / len(rows), 2), "rollout_s": round(mean("rollout_s"), 2),
+            "learn_s": round(mean("learn_s") + mean("push_s"), 2),
+            "overlap": round(sum(r["rollout_s"] + r["learn_s"] + r["push_s"] for r in rows) / wall, 3),
+            "staleness_max": max(r["staleness_max"] for r in rows), "dropped_stale": sum(r["dropped_stale"] for r in rows)}

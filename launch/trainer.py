@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
+import threading
 import time
 
 import ray
@@ -55,7 +57,8 @@ def task_pools(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.files = cfg, RunFiles(cfg.trainer.output_dir)
-        self.start_step, self.layout, self.dash = 0, None, None
+        self.start_step, self.layout, self.dash, self.pushed_version = 0, None, None, 0
+        self.loop_t0 = time.perf_counter()
         self._resources = contextlib.ExitStack()  # the critic service, the placement group, Ray: released by close()
 
     # -- setup ----------------------------------------------------------------------------------------------------
@@ -91,7 +94,7 @@ class Trainer:
         print(f"{len(self.workers)} rollout worker(s), {cfg.render.workers} render worker(s), placement "
               f"{self.layout.strategy} ({len(self.layout.bundles)} bundles{', colocated' if cfg.cluster.colocate else ''}); "
               f"starting the learner", flush=True)
-        self.learner = Learner(cfg.model.name, dataclasses.replace(cfg.learner, seed=cfg.learner_seed()),
+        self.learner = Learner(cfg.model.name, cfg.resolved_learner(),
                                cfg.rollout.temperature, cfg.data.tasks_per_step * cfg.rollout.group_size,
                                cfg.cluster.learner_cpus, self.layout.learner_gpus,
                                [placement.options(self.layout, b) for b in self.layout.learner])
@@ -102,6 +105,7 @@ class Trainer:
             self.start_step, self.learner.version = state["step"], state["policy_version"]
             self.files.truncate_to(self.start_step)
             self.push()
+            self.pushed_version = self.learner.version
             print(f"resumed from {ckpt} (step {self.start_step}, policy version {self.learner.version})", flush=True)
         print(f"learner ready ({cfg.learner.ranks} rank(s), ZeRO-{cfg.learner.zero_stage})", flush=True)
         self.files.write_hosts({"learner": self.learner.hosts,
@@ -117,21 +121,36 @@ class Trainer:
         return [t for _, group in stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats)
                 for t in group]
 
-    def step(self, step: int) -> dict:
+    def collect(self, step: int) -> dict:
+        """The rollout of one step: its tasks (a function of data.seed and step), the trajectories, how long it took
+        and what the engines did meanwhile."""
         cfg = self.cfg
         batch = task_sources.batch_for_step(self.train_pool, step, cfg.data.tasks_per_step, cfg.data.seed)
         self.reseed(step)
         t0, stats = time.perf_counter(), {}
         trajs = self.rollout(batch, stats)
+        return {"step": step, "trajs": trajs, "rollout_s": time.perf_counter() - t0,
+                "resubmitted": stats.get("resubmitted", 0), "engine": self.engine_stats()}
+
+    def learn(self, got: dict) -> dict:
+        """The update of one step on a collected rollout: GRPO step, weight push, metrics, samples, checkpoint."""
+        cfg, step, k = self.cfg, got["step"], self.cfg.trainer.max_staleness
+        version = self.learner.version  # the policy being updated; a sample from version v is version - v stale
+        trajs = got["trajs"]
+        if k:  # asynchronous: a sample older than the bound is never trained on
+            trajs = [t for t in trajs if version - t.policy_version <= k]
         t1 = time.perf_counter()
-        version = self.learner.version
-        learn = self.learner.step(trajs)
+        learn = self.learner.step(trajs) if trajs else self.learner.skip()
         t2 = time.perf_counter()
         self.push()
-        metrics = step_metrics(step, trajs, learn, t1 - t0, t2 - t1, time.perf_counter() - t2)
-        metrics["weight_sync"] = self.learner.last_transport
-        metrics["resubmitted_groups"] = stats.get("resubmitted", 0)  # groups re-run after a worker died
-        metrics["stale_trajectories"] = sum(t.policy_version != version for t in trajs)  # from a restarted worker
+        self.pushed_version = self.learner.version  # what the engines hold now
+        metrics = step_metrics(step, trajs, learn, got["rollout_s"], t2 - t1, time.perf_counter() - t2)
+        staleness = [version - t.policy_version for t in trajs] or [0]
+        metrics.update(weight_sync=self.learner.last_transport, resubmitted_groups=got["resubmitted"],
+                       stale_trajectories=sum(s != 0 for s in staleness),  # k = 0: from a restarted worker
+                       staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness),
+                       dropped_stale=len(got["trajs"]) - len(trajs), max_staleness=k, **got["engine"],
+                       elapsed_s=time.perf_counter() - self.loop_t0)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
             metrics["heldout_reward"] = self.evaluate()
         self.files.write_step(metrics, trajs)
@@ -141,6 +160,58 @@ class Trainer:
         if metrics["unscorable_rate"] == 1.0:
             print(f"step {step}: every sample was unscorable - is the critic backend up? ({self.critic_url})", flush=True)
         return metrics
+
+    def step(self, step: int) -> dict:
+        """One on-policy step: rollout, update, push, in turn."""
+        return self.learn(self.collect(step))
+
+    def run_async(self, on_step) -> None:
+        """trainer.max_staleness = k >= 1: a thread collects the rollouts of the next steps while this one updates and
+        pushes. The rollout of step s starts once the weights of version s - 1 - k have reached the engines, so every
+        sample trained at step s comes from a policy at most k versions older than the one being updated (a
+        straggler from a restarted worker is dropped and counted). A weight push lands between two engine calls."""
+        k, ready = self.cfg.trainer.max_staleness, queue.Queue()
+        pushed, stop = threading.Condition(), threading.Event()
+
+        def produce():
+            try:
+                for step in range(self.start_step + 1, self.cfg.trainer.max_steps + 1):
+                    with pushed:
+                        pushed.wait_for(lambda: self.pushed_version >= step - 1 - k or stop.is_set())
+                    if stop.is_set():
+                        return
+                    ready.put(self.collect(step))
+            except BaseException as e:  # handed to the update loop, which raises it
+                ready.put(e)
+
+        thread = threading.Thread(target=produce, name="rollouts", daemon=True)
+        thread.start()
+        try:
+            for _ in range(self.start_step + 1, self.cfg.trainer.max_steps + 1):
+                got = ready.get()
+                if isinstance(got, BaseException):
+                    raise got
+                on_step(self.learn(got))  # the version moves only once its weights are on the engines
+                with pushed:
+                    pushed.notify_all()
+        finally:
+            stop.set()
+            with pushed:
+                pushed.notify_all()
+
+    def engine_stats(self) -> dict:
+        """engine_calls, engine_batch_mean (requests per call), engine_batch_max, engine_ready_mean (requests waiting
+        as a call began) over every worker since the last call."""
+        got = []
+        for w in self.workers:
+            try:
+                got.append(ray.get(w.engine_stats.remote(), timeout=60))
+            except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                pass  # a worker being restarted counts from zero
+        calls = sum(g["calls"] for g in got)
+        return {"engine_calls": calls, "engine_batch_mean": sum(g["requests"] for g in got) / max(calls, 1),
+                "engine_batch_max": max((g["max"] for g in got), default=0),
+                "engine_ready_mean": sum(g["ready"] for g in got) / max(calls, 1)}
 
     def push(self, attempts: int = 8) -> None:
         """Push the weights to every worker; a worker that died (Ray restarts it with the base weights) gets them once
@@ -192,8 +263,12 @@ class Trainer:
             result, t_start = {}, time.time()
             if self.cfg.trainer.learning_check:
                 result["baseline_reward"] = self.evaluate()
-            for step in range(self.start_step + 1, self.cfg.trainer.max_steps + 1):
-                result.update(self.step(step))
+            self.loop_t0 = time.perf_counter()
+            if self.cfg.trainer.max_staleness:
+                self.run_async(result.update)
+            else:
+                for step in range(self.start_step + 1, self.cfg.trainer.max_steps + 1):
+                    result.update(self.step(step))
             if self.cfg.trainer.learning_check:
                 line = {"baseline_reward": result["baseline_reward"], "final_reward": self.evaluate(),
                         "minutes": round((time.time() - t_start) / 60, 2)}

@@ -18,6 +18,8 @@ class LearnerConfig:
     grad_clip: float = 1.0  # global gradient-norm clip
     clip_low: float = 0.2  # ratio clip below: 1 - clip_low
     clip_high: float = 0.28  # ratio clip above: 1 + clip_high (asymmetric, "clip-higher")
+    loss: str = "auto"  # "ppo": ratio to the sampler's log-probs, clipped; "decoupled": AReaL's decoupled PPO with a truncated importance weight, for stale samples; auto = decoupled when trainer.max_staleness >= 1, else ppo
+    is_cap: float = 2.0  # decoupled loss: a token's importance weight pi_learner / pi_sampler is truncated at this
     kl_coef: float = 0.001  # k3 KL to the frozen reference model; 0 disables the reference model entirely
     micro_batch_size: int = 4  # trajectories per forward/backward on one rank
     micro_batches_per_step: int = 0  # gradient accumulation steps per rank; 0 = from the first batch
@@ -39,6 +41,8 @@ class LearnerConfig:
             ("clip_low", 0 <= self.clip_low < 1, "in [0, 1)"),
             ("clip_high", self.clip_high >= 0, ">= 0"),
             ("kl_coef", self.kl_coef >= 0, ">= 0 (0 disables the reference model)"),
+            ("loss", self.loss in ("auto", "ppo", "decoupled"), "'auto', 'ppo' or 'decoupled'"),
+            ("is_cap", self.is_cap >= 1, ">= 1"),
             ("micro_batch_size", self.micro_batch_size >= 1, "an integer >= 1"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
             ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),

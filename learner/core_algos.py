@@ -60,3 +60,20 @@ def global_token_mean(values: torch.Tensor, mask: torch.Tensor, global_tokens: i
     (all ranks, all micro-batches), so every token weighs the same however the batch is split.
     values, mask [B, T] -> scalar."""
     return (values * mask).sum() / max(global_tokens, 1)
+
+
+def decoupled_policy_loss(logp: torch.Tensor, behav_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float,
+                          clip_high: float, is_cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Off-policy GRPO for asynchronous training: AReaL's decoupled PPO with one update per batch. The proximal policy
+    is the learner's own policy before this update (logp, detached), so the clipped ratio is taken against it, and
+    the gap to the policy that sampled each token (behav_logp, possibly k versions old) is a separate importance
+    weight min(pi_prox / pi_behav, is_cap), truncated as in verl's rollout correction (TIS): stale tokens still count,
+    and none counts more than is_cap times. Both ratios are per token.
+    logp [B, T] (with grad), behav_logp [B, T], advantages [B] -> (loss per token [B, T], weight truncated [B, T] bool)."""
+    prox = logp.detach()  # [B, T]
+    weight = torch.exp(prox - behav_logp)  # [B, T]
+    truncated = weight > is_cap
+    ratio = torch.exp(logp - prox)  # [B, T], 1 in value: its gradient is the policy gradient
+    a = advantages.unsqueeze(-1)  # [B, 1]
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * a)
+    return -weight.clamp(max=is_cap) * surrogate, truncated

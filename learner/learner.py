@@ -84,6 +84,13 @@ class Learner:
                 "adv_abs_max": float(adv.abs().max()), "flat_groups": flat, "groups": len(task_ids),
                 "train_tokens": global_tokens, "policy_version": self.version}
 
+    def skip(self) -> dict:
+        """A step with nothing to train on (every sample too stale): the weights stay, the version moves on."""
+        self.version += 1
+        return {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
+                "adv_std": 0.0, "adv_abs_max": 0.0, "flat_groups": 0, "groups": 0, "train_tokens": 0,
+                "policy_version": self.version}
+
     def logprobs(self, token_ids: list[int]) -> list[float]:
         """Every rank runs the forward (under ZeRO-3 each holds a slice of the weights); rank 0's answer."""
         return self._all("logprobs", token_ids)[0]

@@ -130,8 +130,12 @@ class LearnerRank:
             mask = batch["loss_mask"]  # [B, T]
             logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, T]
-            loss_tok, clipped = algos.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
-                                                  self.cfg.clip_low, self.cfg.clip_high)
+            if self.cfg.loss == "decoupled":  # samples up to trainer.max_staleness versions old
+                loss_tok, clipped = algos.decoupled_policy_loss(logp, batch["old_logprobs"], batch["advantages"],
+                                                                self.cfg.clip_low, self.cfg.clip_high, self.cfg.is_cap)
+            else:
+                loss_tok, clipped = algos.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
+                                                      self.cfg.clip_low, self.cfg.clip_high)
             kl = torch.zeros_like(logp)
             if self.ref is not None:
                 with torch.no_grad():

@@ -25,7 +25,6 @@ import time
 import uuid
 from typing import Iterator, NamedTuple, Protocol
 
-import ray
 import torch
 import torch.distributed as dist
 
@@ -282,13 +281,15 @@ def send_buckets(params: dict, buckets: list, transport: str, rank: int, group, 
 
 class Pusher:
     """The driver's side: full weights from learner rank 0 to every engine, by `learner.weight_sync`. Raises
-    TimeoutError instead of hanging, PushInterrupted when a broadcast broke off (the caller may retry)."""
+    TimeoutError instead of hanging, PushInterrupted when a broadcast broke off (the caller may retry). Ray is imported
+    in its methods: vLLM's worker processes import this module, and have no Ray."""
 
     def __init__(self, ranks: list, transport: str, bucket_mb: float, timeout_s: float):
         self.ranks, self.transport, self.bucket_mb, self.timeout_s = ranks, transport, bucket_mb, timeout_s
         self._plan, self._group, self._group_size, self.last_transport = None, None, 0, None
 
     def push(self, engines: list, version: int, transport: str | None = None, timeout_s: float | None = None) -> None:
+        import ray
         timeout_s = timeout_s or self.timeout_s
         transport = transport or self.transport
         if transport == "auto":
@@ -323,6 +324,7 @@ class Pusher:
         """auto: CUDA IPC when every engine shares rank 0's GPU, a broadcast when they are all on other GPUs, the
         object store on CPU: a gloo broadcast is faster there (1.1 s against 1.9 s for SmolLM2, `python -m learner
         bench`), but one cut by a dying engine holds the learner until the group's timeout, for ~1 s of a ~60 s step."""
+        import ray
         me = ray.get(self.ranks[0].weight_info.remote())
         if me["device"] != "cuda":
             return "object_store"
@@ -334,6 +336,7 @@ class Pusher:
         return "object_store"
 
     def _buckets(self) -> list:
+        import ray
         if self._plan is None:
             metas = ray.get(self.ranks[0].weight_metas.remote())
             self._plan = plan_buckets(metas, int(self.bucket_mb * 2**20))
@@ -341,6 +344,7 @@ class Pusher:
 
     def _join(self, engines: list, timeout_s: float, version: int) -> None:
         """Form the weight group once; again when its membership changed (an engine restarted by Ray has none)."""
+        import ray
         refs = [e.weight_info.remote() for e in engines]
         self._wait(refs, len(engines), timeout_s, version, what="the weight-group check of")
         infos = ray.get(refs)
@@ -358,6 +362,7 @@ class Pusher:
     def _wait(refs: list, engines: int, timeout_s: float, version: int, what: str = "weight push of") -> None:
         """Wait for every call (engines' first); a failed one raises at once (a dead engine must not leave the push
         waiting out the timeout), one not done by the deadline raises TimeoutError."""
+        import ray
         deadline, pending = time.monotonic() + timeout_s, list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))

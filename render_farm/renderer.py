@@ -24,6 +24,10 @@ from .result import RenderRequest, RenderResult
 _CLOCK_JS = resources.files(__package__).joinpath("page_clock.js").read_text()
 _DOM_JS = resources.files(__package__).joinpath("dom_summary.js").read_text()
 _MAX_MESSAGES = 50
+_LOADED_JS = ("() => document.readyState === 'complete' || new Promise(done => "
+              "addEventListener('load', () => done(true), {once: true}))")
+_ADVANCE_JS = ("async ms => { const r = window.__relook; if (!r) return true; "
+               "if (ms !== null) await r.advance(ms); return r.changed(); }")
 
 
 @dataclass
@@ -208,20 +212,20 @@ class Renderer:
         t = time.perf_counter()
         if slot.uses:  # a fresh document: new Window and JS realm, the previous page's timers and state gone
             await page.goto("about:blank")
-        # Commit, then wait for readyState ourselves: a page that navigates while parsing can hang "load" forever.
+        # Commit, then wait for the document ourselves, in one round trip: a page that navigates while parsing can
+        # hang Playwright's "load" forever (the deadline bounds this wait).
         await page.set_content(html, wait_until="commit")
-        while await _evaluate(page, "document.readyState") != "complete":
-            await asyncio.sleep(0.005)
+        await _evaluate(page, _LOADED_JS)
         loaded = time.perf_counter()
         out.timings_ms["load"] = round((loaded - t) * 1e3, 1)
         elapsed = 0.0
         for i, target in enumerate(times):
-            if virtual:  # page time moves only here: timers due by `target` run now, in order, in milliseconds
-                await _evaluate(page, "ms => window.__relook && window.__relook.advance(ms)", (target - elapsed) * 1000)
-            else:
+            if not virtual:
                 await asyncio.sleep(max(0.0, loaded + target - time.perf_counter()))
+            # Virtual clock: page time moves only here (timers due by `target` run now, in order); then whether
+            # anything may have painted since the last shot - one round trip.
+            changed = await _evaluate(page, _ADVANCE_JS, (target - elapsed) * 1000 if virtual else None)
             elapsed = target
-            changed = await _evaluate(page, "window.__relook ? window.__relook.changed() : true")
             if i > 0 and self.cfg.skip_static_shots and not changed:
                 out.screenshots.append(out.screenshots[-1])
                 self.counters["shots_reused"] += 1

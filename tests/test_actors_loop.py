@@ -32,12 +32,13 @@ class ScriptedCritic:
         return Critique(score, f"feedback after {score}", backend="scripted")
 
 
-def run_loop(cfg, critic, engine_conv):
+def run_loop(cfg, critic, engine_conv, version=7):
     engine, conv = engine_conv
+    engine.version = version  # as after 7 pushes: every turn records the version that sampled it
 
     async def go():
         async with Renderer() as r:
-            return await run_group(TASK, conv, Batcher(engine).generate, r.render, critic, cfg, 7)
+            return await run_group(TASK, conv, Batcher(engine).generate, r.render, critic, cfg)
     return run(go()), engine
 
 

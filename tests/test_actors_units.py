@@ -50,9 +50,9 @@ def test_an_invalid_render_gets_exactly_zero_and_never_reaches_the_critic(reason
         asked.append(req)
 
     cfg = RolloutConfig(max_turns=1)
-    traj = run(run_trajectory({"id": "t", "prompt": "p"}, 0, first, [5], conv, None, render, critique, cfg, 0))
+    traj = run(run_trajectory({"id": "t", "prompt": "p"}, 0, first, [5], conv, None, render, critique, cfg))
     assert traj.reward == 0.0 and not traj.final_valid and not asked
-    assert traj.attempts == [Attempt(0, page, 0.0, False, reason, True, traj.attempts[0].feedback, 2)]
+    assert traj.attempts == [Attempt(0, page, 0.0, False, reason, True, traj.attempts[0].feedback, 2, 0)]
     assert reason in traj.attempts[0].feedback
     assert reward(False, 95.0, 1.0, 0.1) == 0.0
 
@@ -118,10 +118,16 @@ def test_requests_with_equal_sampling_share_one_engine_call():
     engine.generate = counting
     prompt = engine.chat_ids([{"role": "user", "content": "hi"}])
 
-    async def go():
+    b = None
+
+    async def go_counted():
+        nonlocal b
         b = Batcher(engine)
         return await asyncio.gather(b.generate(prompt, Sampling(0.8, 1.0, 4, ("x",))),
                                     b.generate(prompt, Sampling(0.8, 1.0, 4, ("x",))),
                                     b.generate(prompt, Sampling(0.0, 1.0, 4)))
-    outs = run(go())
+    outs = run(go_counted())
     assert len(outs) == 3 and sorted(calls) == [1, 2]
+    # its counts: 2 calls, 3 requests, at most 2 in one call; 3 were waiting as the first call began, 1 the second
+    assert b.reset_stats() == {"calls": 2, "requests": 3, "max": 2, "ready": 4}
+    assert b.stats["calls"] == 0

@@ -29,6 +29,11 @@ def test_two_steps_then_resume_runs_only_step_three(tmp_path):
         assert key in rows[0]
     samples = [json.loads(line) for line in open(out / "samples" / "step-000001.jsonl")]
     assert len(samples) == 2 * 2 and all(s["total_tokens"] == len(s["token_ids"]) for s in samples)
+    for r in rows:  # on-policy: every sample of step s comes from policy version s - 1; the engines' batching is counted
+        got = [json.loads(line)["policy_version"] for line in open(out / "samples" / f"step-{r['step']:06d}.jsonl")]
+        assert got == [r["step"] - 1] * 4 and r["staleness_max"] == 0 and r["max_staleness"] == 0
+        assert r["engine_calls"] >= 1 and 1 <= r["engine_batch_mean"] <= r["engine_batch_max"] <= 16
+        assert r["engine_ready_mean"] >= r["engine_batch_mean"] * 0.75
     ckpt = out / "checkpoints" / "step-000002"
     AutoModelForCausalLM.from_pretrained(ckpt / "hf")
     AutoTokenizer.from_pretrained(ckpt / "hf")
@@ -87,3 +92,27 @@ def test_unreachable_critic_url_fails_before_training(tmp_path):
     res = cluster(*FAST, "critic.url=http://127.0.0.1:9", f"trainer.output_dir={tmp_path}", timeout=120)
     assert res.returncode != 0 and "critic.url='http://127.0.0.1:9' does not answer" in (res.stderr + res.stdout)
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.yaml").exists()  # before any work
+
+
+def test_asynchronous_training_bounds_staleness_and_resumes(tmp_path):
+    """trainer.max_staleness=1: rollouts run ahead of the learner, no sample trained at step s is more than one
+    version older than the policy being updated (s - 1), and a resumed run continues."""
+    out = tmp_path / "run"
+    first = cluster(*FAST, "trainer.max_steps=3", "trainer.max_staleness=1", f"trainer.output_dir={out}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["policy_version"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        versions = [json.loads(line)["policy_version"] for line in open(out / "samples" / f"step-{r['step']:06d}.jsonl")]
+        assert versions and all(r["step"] - 1 - v <= 1 for v in versions), (r["step"], versions)
+        assert r["staleness_max"] <= 1 and r["max_staleness"] == 1
+        assert len(versions) + r["dropped_stale"] == 4
+    assert "learner.loss" not in first.stderr
+    bad = cluster("trainer.max_staleness=1", "learner.loss=ppo", f"trainer.output_dir={tmp_path / 'x'}", timeout=60)
+    assert bad.returncode == 2 and "learner.loss='ppo'" in bad.stderr
+    again = cluster(*FAST, "trainer.max_steps=4", "trainer.max_staleness=1", "trainer.resume=auto",
+                    f"trainer.output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout and "step 3" in again.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["policy_version"] == 4

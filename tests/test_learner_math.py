@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from learner.core_algos import entropy, global_token_mean, group_advantages, kl_k3, policy_loss, token_logprobs
+from learner.core_algos import (decoupled_policy_loss, entropy, global_token_mean, group_advantages, kl_k3, policy_loss,
+                                token_logprobs)
 
 
 def test_group_advantages_hand_computed():
@@ -79,3 +80,21 @@ def test_weight_buckets_pack_and_unpack_exactly():
         out = unpack(pack([tensors[m.name] for m in b]), b)
         for m in b:
             assert out[m.name].dtype == tensors[m.name].dtype and torch.equal(out[m.name], tensors[m.name])
+
+
+def test_decoupled_loss_weights_stale_tokens_and_truncates_them():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)  # [1, 3] the learner's policy now
+    adv = torch.tensor([2.0])
+    # on-policy (the sampler is the learner): the PPO loss, value and gradient
+    on, trunc = decoupled_policy_loss(logp, logp.detach(), adv, 0.2, 0.28, 2.0)
+    ppo, _ = policy_loss(logp, logp.detach(), adv, 0.2, 0.28)
+    assert torch.allclose(on, ppo) and not trunc.any()
+    g_on = torch.autograd.grad(on.sum(), logp)[0]
+    assert torch.allclose(g_on, torch.full((1, 3), -2.0))  # d(-A * exp(logp - logp.detach()))/dlogp = -A
+    # a stale sampler: token 0 was likelier then (weight e^-0.5), token 1 less likely (e^1.5 = 4.48, truncated to 2)
+    behav = torch.tensor([[-0.5, -3.5, -0.5]])
+    off, trunc = decoupled_policy_loss(logp, behav, adv, 0.2, 0.28, 2.0)
+    g_off = torch.autograd.grad(off.sum(), logp)[0]
+    assert torch.allclose(g_off, torch.tensor([[-2.0 * math.exp(-0.5), -2.0 * 2.0, -2.0]]))
+    assert trunc.tolist() == [[False, True, False]]
+    assert torch.allclose(off.detach(), torch.tensor([[-2.0 * math.exp(-0.5), -4.0, -2.0]]))
