@@ -31,7 +31,7 @@ class LearnerConfig:
     bucket_mb: float = 256.0  # broadcast / cuda_ipc: weights travel in buckets of about this many MiB
     push_timeout_s: float = 120.0  # a weight push that takes longer raises instead of hanging
     rendezvous_timeout_s: float = 120.0  # the DeepSpeed group must form within this, or the run fails naming host:port
-    keep_checkpoints: int = 1  # checkpoints kept in trainer.output_dir/checkpoints (each is ~1.6 GB for SmolLM2)
+    keep_checkpoints: int = 1  # checkpoints kept in trainer.output_dir/checkpoints (each is ~1.7 GB for SmolLM2 on CPU)
 
     def validate(self) -> "LearnerConfig":
         checks = [
