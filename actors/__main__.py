@@ -14,7 +14,7 @@ from common.checks import check
 from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
 
-from .config import RolloutConfig
+from .config import ENGINES, RolloutConfig
 
 
 @dataclass
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))
         cfg = OmegaConf.to_object(cfg)
         cfg.rollout.validate(), cfg.render.validate(), cfg.critic.validate()
-        check("", cfg, [("engine", cfg.engine in ("hf", "vllm"), "'hf' or 'vllm'")])
+        check("", cfg, [("engine", cfg.engine in ENGINES, f"one of {list(ENGINES)}")])
     except (OmegaConfBaseException, ValueError) as e:
         print(f"actors: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from common.checks import check
 
+ENGINES = ("hf", "vllm")  # generation engines: transformers' generate, vLLM's asynchronous engine
+
 SYSTEM_PROMPT = ("You are an expert front-end developer. Write a complete, self-contained web page (HTML with inline "
                  "CSS and JavaScript, no external resources) for the user's request. Reply with the page in one "
                  "```html code block.")

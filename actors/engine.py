@@ -93,6 +93,19 @@ class HFEngine(ModelReceiver):
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids[1:], device=self.device)[:, None]).squeeze(-1).tolist()
 
 
+def engine_counts() -> dict:
+    """What an engine did since the last reset: calls, requests, the largest batch a request was in, and the requests
+    waiting as each call began (summed over calls)."""
+    return {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+
+
+def count_call(counts: dict, requests: int, batch: int, ready: int) -> None:
+    counts["calls"] += 1
+    counts["requests"] += requests
+    counts["ready"] += ready
+    counts["max"] = max(counts["max"], batch)
+
+
 class Batcher:
     """Collects concurrent generate requests (trajectories waiting on their next turn) into engine calls: whatever is
     waiting when a call can start goes into it, one call per distinct sampling setting. Counts what it did (`stats`):
@@ -106,7 +119,7 @@ class Batcher:
 
     def reset_stats(self) -> dict:
         """The counts since the last reset: {"calls", "requests", "max", "ready"} (ready: summed over calls)."""
-        old, self.stats = getattr(self, "stats", None), {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+        old, self.stats = getattr(self, "stats", None), engine_counts()
         return old
 
     async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
@@ -129,9 +142,9 @@ class Batcher:
                 groups.setdefault(item[1], []).append(item)
             unserved = len(batch)
             for items in groups.values():
-                st, ready = self.stats, unserved + self._queue.qsize()  # requests waiting as this call begins
-                st["calls"], st["requests"], st["ready"] = st["calls"] + 1, st["requests"] + len(items), st["ready"] + ready
-                st["max"], unserved = max(st["max"], len(items)), unserved - len(items)
+                # requests waiting as this call begins: this batch's unserved ones and any queued since
+                count_call(self.stats, len(items), len(items), unserved + self._queue.qsize())
+                unserved -= len(items)
                 try:
                     outs = await asyncio.to_thread(self.engine.generate, [p for p, _, _ in items], items[0][1])
                     for (_, _, f), c in zip(items, outs):

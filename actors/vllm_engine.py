@@ -14,7 +14,7 @@ import uuid
 
 from common.models import load_tokenizer, resolve
 
-from .engine import Completion, Sampling
+from .engine import Completion, Sampling, count_call, engine_counts
 
 
 class WeightReceiver:
@@ -58,7 +58,7 @@ class VLLMEngine:
                                     worker_extension_cls="actors.vllm_engine.WeightReceiver")
         self.llm = None  # made in the event loop that uses it (AsyncLLM binds to one)
         self.version, self.in_flight = 0, 0
-        self.stats = {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+        self.stats = engine_counts()
 
     def _engine(self):
         if self.llm is None:
@@ -84,9 +84,7 @@ class VLLMEngine:
         self.in_flight += 1
         self._idle.clear()
         version = self.version
-        st = self.stats  # a request joins a batch of the requests in flight: that is its occupancy
-        st["calls"], st["requests"], st["ready"] = st["calls"] + 1, st["requests"] + 1, st["ready"] + self.in_flight
-        st["max"] = max(st["max"], self.in_flight)
+        count_call(self.stats, 1, self.in_flight, self.in_flight)  # it joins a batch of the requests in flight
         try:
             params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                     max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, logprobs=0)
@@ -113,7 +111,7 @@ class VLLMEngine:
         return [entry[t].logprob for t, entry in zip(token_ids[1:], final.prompt_logprobs[1:])]
 
     def reset_stats(self) -> dict:
-        old, self.stats = self.stats, {"calls": 0, "requests": 0, "max": 0, "ready": 0}
+        old, self.stats = self.stats, engine_counts()
         return old
 
     def close(self) -> None:

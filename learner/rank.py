@@ -214,7 +214,8 @@ class LearnerRank:
         state (Adam moments; the fp32 master partition when training in bf16) and RNG. The weights are stored once:
         under ZeRO-1/2 DeepSpeed would write the whole module again beside the HF copy, so its module file is left
         empty and `load` takes the weights from the HF copy (ZeRO-3's module file holds only placeholders)."""
-        sd = self.state_dict()
+        # ZeRO-3: every rank joins the gather; otherwise rank 0 alone needs the full weights
+        sd = self.state_dict() if self.rank == 0 or self.cfg.zero_stage == 3 else None
         if self.rank == 0:
             from common.models import load_tokenizer
             self.engine.module.save_pretrained(os.path.join(path, "hf"), state_dict=sd, safe_serialization=True)
@@ -235,8 +236,12 @@ class LearnerRank:
     def load(self, path: str) -> None:
         load_fn = None
         if self.cfg.zero_stage < 3:
+            import glob
+
             from safetensors.torch import load_file
-            weights = load_file(os.path.join(path, "hf", "model.safetensors"))
+            weights = {}  # every shard of the HF copy (large models are saved in several files)
+            for shard in sorted(glob.glob(os.path.join(path, "hf", "*.safetensors"))):
+                weights.update(load_file(shard))
 
             def load_fn(src, dst):  # the module's weights from the HF copy; tied names may be absent from it
                 missing, unexpected = dst.load_state_dict(weights, strict=False)
@@ -244,7 +249,8 @@ class LearnerRank:
                 if unexpected or set(missing) - tied:
                     raise ValueError(f"checkpoint {path}: weights do not fit the model (missing {missing}, "
                                      f"unexpected {unexpected})")
-        # The optimizer's fp32 master partitions come from DeepSpeed's own files (zero.load_from_fp32_weights).
+        # The optimizer's fp32 master partitions come from DeepSpeed's files in bf16 training, and from the (exact)
+        # weights just loaded in fp32 training (zero_optimization.load_from_fp32_weights, set in build).
         self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state", custom_load_fn=load_fn)
         rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])

@@ -32,7 +32,7 @@ WEB_BENCH_PROJECTS = ["bom", "calculator", "calculator-files", "dom", "dom1", "e
 
 def stop_ray_session(temp_dir: str) -> None:
     """Stop the Ray that `ray start --head --temp-dir=temp_dir` started, and only that one: its processes are found by
-    their session directory (never `ray stop`, which stops every Ray on the machine), then their descendants."""
+    their session directory, then their descendants; other Ray instances on the machine are left alone."""
     import signal
 
     from render_farm.sandbox import process_tree
