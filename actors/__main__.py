@@ -15,6 +15,8 @@ from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
 
 from .config import ENGINES, RolloutConfig
+from .revision import RevisionConfig
+from .reward import RewardConfig
 
 
 @dataclass
@@ -24,6 +26,8 @@ class RolloutCLI:
     task: str = "Write a landing page for a bakery with a menu table and an order form. Use white for the background and navy for components."  # the prompt
     checklist: list[str] = field(default_factory=list)  # optional checks for the critic
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    revision: RevisionConfig = field(default_factory=RevisionConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(port=0))
 
@@ -36,7 +40,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))
         cfg = OmegaConf.to_object(cfg)
-        cfg.rollout.validate(), cfg.render.validate(), cfg.critic.validate()
+        cfg.rollout.validate(), cfg.revision.validate(), cfg.reward.validate(), cfg.render.validate(), cfg.critic.validate()
         check("", cfg, [("engine", cfg.engine in ENGINES, f"one of {list(ENGINES)}")])
     except (OmegaConfBaseException, ValueError) as e:
         print(f"actors: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
@@ -52,7 +56,8 @@ def main(argv: list[str]) -> int:
     try:
         with endpoint(cfg.critic) as url:
             farm = RenderFarm(cfg.render)
-            worker = rollout_worker(cfg.engine).remote(cfg.model, cfg.rollout, farm.workers, url)
+            worker = rollout_worker(cfg.engine).remote(cfg.model, cfg.rollout, farm.workers, url,
+                                                       revision=cfg.revision, reward=cfg.reward)
             task = {"id": "cli", "prompt": cfg.task, "checklist": cfg.checklist}
             for _, group in stream_groups([worker], [task]):
                 for traj in group:

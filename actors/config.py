@@ -17,11 +17,11 @@ class RolloutConfig:
     group_size: int = 4  # G trajectories per task (the GRPO group)
     max_turns: int = 2  # pages per trajectory: the first one plus revisions driven by the critic
     max_resamples: int = 10  # Forced Optimization: attempts per revision before the trajectory stops (paper: 10)
+    forced_optimization: bool = True  # false (an ablation): every revision is accepted, better or not, and none is resampled
     temperature: float = 0.8  # sampling temperature (the learner scales logits by the same value)
     top_p: float = 1.0  # nucleus sampling
-    max_new_tokens: int = 512  # per generated page
+    max_new_tokens: int = 512  # per generated page (an edit reply gets revision.edit_max_new_tokens)
     stop: list[str] = field(default_factory=list)  # extra stop strings
-    format_weight: float = 0.1  # weight of the format score in the reward
     feedback_role: str = "tool"  # role of the critic's message in the conversation ("tool"; "user" for templates without tools)
     system_prompt: str = SYSTEM_PROMPT  # system message of every conversation
     max_batch: int = 16  # generate requests merged into one engine call
@@ -42,29 +42,24 @@ class RolloutConfig:
         return check("rollout", self, checks)
 
 
-EDIT_MODES = ("edits", "page")
-
-
 @dataclass
 class SelfEditConfig:
     """Inference (launch/generate.py, launch/evaluate.py): decoding and the self-edit cycle that replaces the critic."""
     rounds: int = 3  # revision rounds after the first page (0 = plain one-shot decoding)
-    mode: str = "edits"  # "edits": revisions are SEARCH/REPLACE blocks (short replies); "page": the whole page again
     early_stop: bool = True  # stop when a round changes nothing or the page renders the same (false: run every round)
+    score_rounds: bool = False  # with a critic as judge: score the page kept after every round (the per-round curve of the ablation)
     use_critic: bool = True  # with a critic configured, its feedback drives the rounds and only improving revisions are kept
     max_new_tokens: int = 512  # budget of the first page (and of whole-page revisions)
-    edit_max_new_tokens: int = 128  # budget of one edit reply: what keeps 3 rounds close to one-shot latency
     temperature: float = 0.2  # 0 = greedy
     top_p: float = 1.0  # nucleus sampling
+    stop: list[str] = field(default_factory=list)  # extra stop strings (as rollout.stop)
     feedback_role: str = "tool"  # role of the round's report in the conversation (the training loop's role)
     system_prompt: str = SYSTEM_PROMPT  # system message (the training loop's)
 
     def validate(self) -> "SelfEditConfig":
         checks = [
             ("rounds", self.rounds >= 0, "an integer >= 0"),
-            ("mode", self.mode in EDIT_MODES, f"one of {list(EDIT_MODES)}"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
-            ("edit_max_new_tokens", self.edit_max_new_tokens >= 1, "an integer >= 1"),
             ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),

@@ -1,7 +1,8 @@
 """One trajectory and the rules that build it: generate -> render -> critique -> refine, with Forced Optimization.
 
-Read top to bottom: the record (Attempt, Trajectory), the pure rules (HTML extraction, format score, Forced
-Optimization, the reward), the chat-template bookkeeping (Conversation), then the loop (run_trajectory, run_group).
+Read top to bottom: the record (Attempt, Trajectory), Forced Optimization, the chat-template bookkeeping
+(Conversation), then the loop (run_trajectory, run_group). How replies become pages and how revisions are asked
+for is in revision.py (shared with inference); the reward formula is in reward.py.
 
 Token bookkeeping: the conversation is a list of token ids built exactly as generated. The policy's accepted
 completions carry loss_mask 1 and their rollout log-probs; the prompt and every feedback message (tokenised from
@@ -10,7 +11,6 @@ the chat template's own delta, appended after the generated ids) carry 0. Reject
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +18,8 @@ from critic_service.critique import CritiqueRequest
 
 from .config import RolloutConfig
 from .engine import Completion, Sampling
+from .revision import RevisionConfig, critic_report, extract_html, revise, revision_message
+from .reward import RewardConfig, edits_format_score, format_score, reward
 
 
 @dataclass
@@ -31,6 +33,9 @@ class Attempt:
     feedback: str = ""
     tokens: int = 0
     version: int = 0  # the policy version that sampled it
+    kind: str = "page"  # what the reply was: "page" (a whole page) or "edits" (SEARCH/REPLACE blocks on the best page)
+    fmt: float = 0.0  # its format score (reward.py)
+    checks: dict = field(default_factory=dict)  # the critic's sub-scores (0..1) of its page, when the critic gives them
 
 
 @dataclass
@@ -43,9 +48,11 @@ class Trajectory:
     loss_mask: list[int] = field(default_factory=list)  # 1 on the policy's accepted tokens, 0 on prompt/feedback
     logprobs: list[float] = field(default_factory=list)  # rollout log-probs, 0 where loss_mask is 0
     reward: float = 0.0
+    first_reward: float = 0.0  # what the first page alone would have earned (one-shot): revisions' gain = reward - this
     unscorable: bool = False  # the final page could not be scored: left out of the group baseline
     final_score: float | None = None
     final_valid: bool = False
+    final_checks: dict = field(default_factory=dict)  # the critic's sub-scores of the final page
     policy_version: int = 0  # the oldest policy version among its accepted turns (what staleness is measured by)
     timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0})
     finished_at: float = 0.0  # wall-clock time the trajectory finished (time.time())
@@ -59,48 +66,10 @@ class Trajectory:
         return d
 
 
-_FENCED = re.compile(r"```[ \t]*html[^\n]*\n(.*?)(?:```|\Z)", re.S | re.I)
-_DOCUMENT = re.compile(r"<html[\s>].*?</html\s*>", re.S | re.I)
-_SVG = re.compile(r"<svg[\s>].*?</svg\s*>", re.S | re.I)
-
-
-def extract_html(text: str) -> str | None:
-    """The page in a model reply: the last fenced html block, else the last <html>...</html>, else the last
-    <svg>...</svg>. None when there is none (an invalid sample: reward 0)."""
-    blocks = [b for b in _FENCED.findall(text) if b.strip()]
-    if blocks:
-        return blocks[-1].strip()
-    for pattern in (_DOCUMENT, _SVG):
-        found = pattern.findall(text)
-        if found:
-            return found[-1]
-    return None
-
-
-def format_score(text: str) -> float:
-    """1 for exactly one well-formed ```html block holding a complete document; 0.5 for one of the two; else 0."""
-    one_block = len(re.findall(r"```[ \t]*html", text, re.I)) == 1 and text.count("```") == 2
-    html = extract_html(text) or ""
-    complete = bool(re.search(r"<html[\s>]", html, re.I) and re.search(r"</html\s*>", html, re.I))
-    return 0.5 * one_block + 0.5 * complete
-
-
 def accept_revision(candidate: float | None, best: float) -> bool:
     """Forced Optimization: a revision survives only if its score strictly beats the best so far.
     An unscorable revision (None) never does."""
     return candidate is not None and candidate > best
-
-
-def revision_message(score: float, feedback: str) -> str:
-    """The critic's turn in the conversation: what the policy reads before a revision (training and inference)."""
-    return f"Score: {score:g}/100.\n{feedback}\nRevise the page and reply with the full page."
-
-
-def reward(valid: bool, score: float | None, fmt: float, format_weight: float) -> float:
-    """Final accepted score / 100 + format_weight x format score; exactly 0 whenever the final render is invalid."""
-    if not valid or score is None:
-        return 0.0
-    return score / 100.0 + format_weight * fmt
 
 
 class Conversation:
@@ -137,75 +106,89 @@ class Conversation:
 
 
 async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
-                         generate, render, critique, cfg: RolloutConfig) -> Trajectory:
+                         generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
+                         shaping: RewardConfig | None = None) -> Trajectory:
     """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
     render(html) -> RenderResult; critique(CritiqueRequest) -> Critique."""
+    revision, shaping = revision or RevisionConfig(), shaping or RewardConfig()
     traj = Trajectory(task["id"], group_id, task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
+    edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
     checklist = list(task.get("checklist") or [])
     traj.token_ids, traj.loss_mask, traj.logprobs = list(prompt_ids), [0] * len(prompt_ids), [0.0] * len(prompt_ids)
 
-    async def judge(c: Completion, turn: int):
-        html = extract_html(c.text)
+    async def judge(c: Completion, turn: int, html: str | None, kind: str, note: str):
+        """Render and critique the page a reply asks for (html None: it asked for none)."""
+        fmt = format_score(c.text) if kind == "page" else edits_format_score(c.text, best_html)
+        made = lambda score, valid, reason, feedback: Attempt(turn, c.text, score, valid, reason, False, feedback,
+                                                              len(c.token_ids), c.version, kind, fmt)
         if html is None:
-            return Attempt(turn, c.text, 0.0, False, "no_html", False, "No ```html code block was found in the "
-                           "reply: answer with the whole page in one ```html block.", len(c.token_ids), c.version), None
+            return made(0.0, False, "no_html" if kind == "page" else note,
+                        "No ```html code block was found in the reply: answer with the whole page in one ```html "
+                        "block." if kind == "page" else f"The reply changed nothing ({note})."), None, None
         t = time.perf_counter()
         page = await render(html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic
-            return Attempt(turn, c.text, 0.0, False, page.reason, False, f"The page did not render: {page.reason} "
-                           f"({page.detail}). Fix it so the page loads and shows its content.", len(c.token_ids),
-                           c.version), page
+            return made(0.0, False, page.reason, f"The page did not render: {page.reason} ({page.detail}). Fix it "
+                        f"so the page loads and shows its content."), page, html
         t = time.perf_counter()
         verdict = await critique(CritiqueRequest(task["prompt"], html, checklist, page.screenshots, page.shot_times,
                                                  page.dom, page.console_errors + page.page_errors))
         traj.timings_s["critic"] += time.perf_counter() - t
-        return Attempt(turn, c.text, verdict.score, True, None, False, verdict.feedback, len(c.token_ids), c.version), page
+        attempt = made(verdict.score, True, None, verdict.feedback)
+        attempt.checks = dict(verdict.checks)
+        return attempt, page, html
 
     def take(c: Completion):
         traj.token_ids += c.token_ids
         traj.loss_mask += [1] * len(c.token_ids)
         traj.logprobs += c.logprobs
 
-    attempt, page = await judge(first, 0)
+    attempt, page, html = await judge(first, 0, extract_html(first.text), "page", "")
     attempt.accepted = True
     traj.attempts.append(attempt)
+    traj.first_reward = reward(attempt.valid, attempt.score, attempt.fmt, shaping)
     take(first)
-    best, best_attempt, best_page, last = attempt.score, attempt, page, first
+    best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, first
     for turn in range(1, cfg.max_turns):
         if best is None:  # unscorable: no feedback to revise from
             break
-        delta = conv.feedback_ids(task["prompt"], last, revision_message(best, best_attempt.feedback))
+        kind = "page" if best_html is None else revision.format  # nothing to edit yet: ask for a page
+        delta = conv.feedback_ids(task["prompt"], last, revision_message(
+            critic_report(best, best_attempt.feedback), kind))
         context = traj.token_ids + delta
-        for _ in range(cfg.max_resamples):
+        for _ in range(cfg.max_resamples if cfg.forced_optimization else 1):
             t = time.perf_counter()
-            (candidate,) = await generate(context, sampling, 1)
+            (candidate,) = await generate(context, sampling if kind == "page" else edit_sampling, 1)
             traj.timings_s["generate"] += time.perf_counter() - t
-            attempt, page = await judge(candidate, turn)
+            new, note = revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
+            attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else "page", note)
             traj.attempts.append(attempt)
-            if accept_revision(attempt.score, best):
+            if accept_revision(attempt.score, best) or not cfg.forced_optimization:
                 attempt.accepted = True
                 traj.token_ids += delta
                 traj.loss_mask += [0] * len(delta)
                 traj.logprobs += [0.0] * len(delta)
                 take(candidate)
-                best, best_attempt, best_page, last = attempt.score, attempt, page, candidate
+                best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, candidate
                 break
         else:
             break  # Forced Optimization: no resample improved, the trajectory stops here
     traj.policy_version = min(a.version for a in traj.attempts if a.accepted)
     traj.final_score = best
     traj.final_valid = best_attempt.valid
+    traj.final_checks = best_attempt.checks
     traj.unscorable = best is None
-    traj.reward = reward(best_attempt.valid, best, format_score(best_attempt.text), cfg.format_weight)
+    traj.reward = reward(best_attempt.valid, best, best_attempt.fmt, shaping)
     if best_page is not None and best_page.screenshots:
         traj.final_screenshot = best_page.screenshots[-1]
     traj.finished_at = time.time()
     return traj
 
 
-async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig) -> list[Trajectory]:
+async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
+                    revision: RevisionConfig | None = None, shaping: RewardConfig | None = None) -> list[Trajectory]:
     """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
     one waiting on its render or critique never blocks the others."""
     prompt_ids = conv.prompt_ids(task["prompt"])
@@ -213,8 +196,8 @@ async def run_group(task: dict, conv: Conversation, generate, render, critique, 
     t = time.perf_counter()
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
-    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg)
-                                   for g, c in enumerate(firsts)))
+    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg,
+                                                  revision, shaping) for g, c in enumerate(firsts)))
     for tr in trajs:
         tr.timings_s["generate"] += gen_s
     return list(trajs)

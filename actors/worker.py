@@ -9,6 +9,7 @@ work for a moment), and each task's group is delivered exactly once.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Iterator
 
@@ -20,6 +21,8 @@ from render_farm.farm import RenderFarm
 
 from .config import ENGINES, RolloutConfig, SelfEditConfig
 from .engine import Batcher, HFEngine
+from .revision import RevisionConfig
+from .reward import RewardConfig
 from .rollout import Conversation, run_group
 from .self_edit import EditResult, self_edit
 
@@ -34,8 +37,10 @@ def make_engine(kind: str, model: str, seed: int = 0):
 class _AgentLoop:
     """Mixed into an engine class: the rollout and self-edit loops on this actor's own engine."""
 
-    def _start_loop(self, cfg: RolloutConfig, render_workers: list, critic_url: str | None) -> None:
+    def _start_loop(self, cfg: RolloutConfig, render_workers: list, critic_url: str | None,
+                    revision: RevisionConfig | None, reward: RewardConfig | None) -> None:
         self.cfg = cfg.validate()
+        self.revision, self.shaping = (revision or RevisionConfig()).validate(), (reward or RewardConfig()).validate()
         if hasattr(self, "agenerate"):  # vLLM batches by itself (continuous batching) and counts its requests
             self.sample, self.counts = self.agenerate, self
         else:  # the HF engine: concurrent requests merged into calls by a Batcher
@@ -45,9 +50,12 @@ class _AgentLoop:
         self.farm = RenderFarm(workers=render_workers)
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
 
-    async def rollout(self, task: dict) -> list:
-        """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it."""
-        return await run_group(task, self.conv, self.sample, self.farm.render, self.critic.critique, self.cfg)
+    async def rollout(self, task: dict, max_turns: int = 0) -> list:
+        """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it;
+        max_turns > 0 overrides rollout.max_turns (held-out evaluation runs one-shot)."""
+        cfg = dataclasses.replace(self.cfg, max_turns=max_turns) if max_turns else self.cfg
+        return await run_group(task, self.conv, self.sample, self.farm.render, self.critic.critique, cfg,
+                               self.revision, self.shaping)
 
     def engine_stats(self) -> dict:
         """The engine's counts since the last call (engine calls, requests per call, requests waiting per call)."""
@@ -57,7 +65,7 @@ class _AgentLoop:
         """Inference (launch/evaluate.py on a Ray cluster): the self-edit cycle on this worker's engine."""
         conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         return await self_edit(task, conv, self.sample, self.farm.render, cfg,
-                               self.critic.critique if self.critic is not None else None)
+                               self.critic.critique if self.critic is not None else None, self.revision)
 
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
@@ -70,9 +78,10 @@ class _AgentLoop:
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class HFRolloutWorker(_AgentLoop, HFEngine):
-    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0):
+    def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
+                 revision: RevisionConfig | None = None, reward: RewardConfig | None = None):
         HFEngine.__init__(self, model, seed=seed)
-        self._start_loop(cfg, render_workers, critic_url)
+        self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
 
 def _vllm_worker():
@@ -80,25 +89,26 @@ def _vllm_worker():
 
     @ray.remote(max_restarts=-1, max_task_retries=0)
     class VLLMRolloutWorker(_AgentLoop, VLLMEngine):
-        def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0):
+        def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None,
+                     seed: int = 0, revision: RevisionConfig | None = None, reward: RewardConfig | None = None):
             VLLMEngine.__init__(self, model, seed=seed)
-            self._start_loop(cfg, render_workers, critic_url)
+            self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
     return VLLMRolloutWorker
 
 
 def rollout_worker(kind: str = "hf"):
     """The Ray actor class of a rollout worker on engine `kind`: `.options(...).remote(model, cfg, render_workers,
-    critic_url, seed)`."""
+    critic_url, seed, revision, reward)`."""
     if kind not in ENGINES:
         raise ValueError(f"engine.kind={kind!r} is invalid: expected one of {list(ENGINES)}")
     return _vllm_worker() if kind == "vllm" else HFRolloutWorker
 
 
 def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 6,
-                  stats: dict | None = None) -> Iterator[tuple[dict, list]]:
+                  stats: dict | None = None, max_turns: int = 0) -> Iterator[tuple[dict, list]]:
     """Yield (task, trajectories) for every task, as each group finishes. `stats` (if given) counts
-    "resubmitted" groups and tracks "in_flight" for dashboards."""
+    "resubmitted" groups and tracks "in_flight" for dashboards; max_turns > 0 overrides the workers' rollout.max_turns."""
     stats = stats if stats is not None else {}
     stats.setdefault("resubmitted", 0)
     pending = [(task, 0) for task in reversed(tasks)]
@@ -114,7 +124,7 @@ def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_
             task, attempt = pending.pop()
             w = min(load, key=load.get)
             load[w] += 1
-            running[workers[w].rollout.remote(task)] = (w, task, attempt)
+            running[workers[w].rollout.remote(task, max_turns)] = (w, task, attempt)
         if not running:
             time.sleep(max(0.0, min(at for at, _, _ in delayed) - time.monotonic()))
             continue

@@ -88,6 +88,7 @@ class Critique:
     backend: str = ""
     cached: bool = False
     latency_ms: float = 0.0
+    checks: dict = field(default_factory=dict)  # the critic's sub-scores on 0..1 (heuristic backend; empty for an MLLM)
 
     @classmethod
     def failed(cls, reason: str, backend: str, detail: str = "") -> "Critique":

@@ -3,6 +3,15 @@
 It is a stand-in for the MLLM critic, not an MLLM: it cannot read a layout the way a vision model does. But it is a
 real judge of the render: every check reads the screenshots or the rendered DOM, and every failed check becomes one
 feedback sentence saying what is wrong and how to fix it. Pure computation, ~10-20 ms a critique.
+
+It judges what a person sees, so that the reward cannot be gamed by what a person does not: text and elements
+count only when visible (the render farm's DOM summary checks each text node's box, opacity and contrast), and the
+score is earned by the task's own content. The task checks (background the page chose, component colour, task
+terms, element kinds, motion) make the score; the generic checks (layout, no JavaScript errors) only scale it:
+score = 100 x (0.7 x content + 0.3 x style) x (0.6 + 0.4 x hygiene), where content is the task's terms in the visible
+text and the element kinds it asks for, style the background the page chose, the component colour and motion, and
+hygiene the layout and a clean console. An empty page on the asked-for white, or a page with no script and so no
+errors, earns next to nothing; another task's page earns only what it shares with this task.
 """
 from __future__ import annotations
 
@@ -28,7 +37,8 @@ support supports supporting need needs like etc new different various specific r
 color colour colors background component components elements element style styled styling assign apply define
 verify test check ensure displayed display displays correctly successfully without able properly shown show shows
 enter entered select selected click navigate access view views option options information data item items
-build create design dark light medium pale deep gray grey white black write landing""".split())
+build create design dark light medium pale deep gray grey white black write landing have has where when what which
+who whom there here then than them into onto about after before while where very just only so some many much""".split())
 
 # kind -> (what in the task asks for it, how the page shows it, how to fix it)
 _KINDS = {
@@ -46,7 +56,11 @@ _KINDS = {
                lambda c: c.get("images", 0) + c.get("svg", 0) > 0, "add <img> or inline <svg> illustrations"),
 }
 _MOTION = re.compile(r"\b(animat|carousel|slideshow|slider|countdown|timer|clock|real.?time|transition|marquee|ticker)")
-_WEIGHTS = {"background": 20, "components": 15, "terms": 20, "elements": 20, "layout": 15, "errors": 10, "motion": 10}
+TERMS_FOR_FULL = 0.5  # share of the task's key terms that earns the full terms check
+CONTENT_CHECKS = {"terms": 2.0, "elements": 1.0}  # check -> weight: what the page is about
+STYLE_CHECKS = {"background": 1.0, "components": 1.0, "motion": 1.0}  # how it looks, as the task asks
+GENERIC_CHECKS = {"layout": 2.0, "errors": 1.0}  # any page's hygiene
+CONTENT_SHARE, GENERIC_SHARE = 0.7, 0.4  # content's share of the task score (style has the rest); how much hygiene can take away
 
 
 def task_colors(text: str) -> dict[str, tuple[int, int, int]]:
@@ -106,7 +120,7 @@ def key_terms(task: str, checklist: list[str], limit: int = 12) -> list[str]:
 
 def _stem(word: str) -> str:
     for suffix in ("ing", "ies", "es", "ed", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 4:
             return word[: -len(suffix)]
     return word
 
@@ -154,7 +168,8 @@ def _dom(req: CritiqueRequest) -> dict:
     parser = _TextAndCounts()
     parser.feed(req.html)
     text = re.sub(r"\s+", " ", " ".join(parser.text)).strip()
-    return {"text": text, "text_chars": len(text), "counts": parser.counts, "title": ""}
+    return {"text": text, "text_chars": len(text), "counts": parser.counts,
+            "colors": {"bg_set": bool(re.search(r"background", req.html, re.I))}}
 
 
 def _layout(content: np.ndarray, dom: dict, text: str) -> tuple[float, list[str]]:
@@ -185,7 +200,7 @@ def critique(req: CritiqueRequest) -> Critique:
         return Critique.failed("no_screenshots", NAME, "the heuristic critic judges renders: send the screenshots")
     dom = _dom(req)
     counts = dom.get("counts", {})
-    text = (dom.get("title", "") + " " + dom.get("text", "")).lower()
+    text = dom.get("text", "").lower()  # visible text only: not the title, not hidden nodes
     shots = [_pixels(png) for png in dict.fromkeys(req.screenshots)]  # distinct shots only, in order
     last = shots[-1]
     flat = last.reshape(-1, 3)
@@ -200,8 +215,12 @@ def critique(req: CritiqueRequest) -> Critique:
     if "background" in wanted:
         target = wanted["background"]
         d = float(_rgb_distance(np.array([dominant_rgb]), target)[0])
-        earned["background"] = float(np.clip((150 - d) / 110, 0, 1))
-        if earned["background"] < 1:
+        # A browser's default canvas is not a choice: on a page that sets no background it earns nothing.
+        chosen = dom.get("colors", {}).get("bg_set", True)
+        earned["background"] = float(np.clip((150 - d) / 110, 0, 1)) if chosen else 0.0
+        if not chosen:
+            notes.append(f"The page never sets a background: set `body {{ background-color: {_hex(target)}; }}`.")
+        elif earned["background"] < 1:
             notes.append(f"The page background is {_hex(dominant_rgb)} but the task asks for {_hex(target)}: "
                          f"set `body {{ background-color: {_hex(target)}; }}` and keep sections transparent or on it.")
     if "components" in wanted:
@@ -216,7 +235,9 @@ def critique(req: CritiqueRequest) -> Critique:
     terms = key_terms(req.task, req.checklist)
     if terms:
         missing = [t for t in terms if t not in text]
-        earned["terms"] = 1 - len(missing) / len(terms)
+        # A page that shows half of the task's key terms covers it: the list is the task's most frequent words, and
+        # a good page need not repeat every one of them.
+        earned["terms"] = min(1.0, (len(terms) - len(missing)) / max(1.0, TERMS_FOR_FULL * len(terms)))
         if missing:
             notes.append(f"The page never mentions {', '.join(missing[:6])}: add headings, labels and content "
                          f"for these parts of the task.")
@@ -243,10 +264,19 @@ def critique(req: CritiqueRequest) -> Critique:
                          f"{req.times()[-1]:g} s are {'identical' if moved == 0 else 'almost identical'}: animate "
                          f"with CSS @keyframes or a setInterval that updates the page.")
 
-    total = sum(_WEIGHTS[k] for k in earned)
-    score = round(100 * float(sum(_WEIGHTS[k] * v for k, v in earned.items())) / total, 1)
+    score = round(100 * float(combine(earned)), 1)
     feedback = " ".join(notes) or "The page passes every check of the heuristic critic (colours, content, elements, layout)."
-    return Critique(score, feedback, backend=NAME)
+    return Critique(score, feedback, backend=NAME, checks={k: round(v, 4) for k, v in earned.items()})
+
+
+def combine(earned: dict[str, float]) -> float:
+    """Sub-scores (0..1) -> score (0..1): the task's checks (content, then style) make the score; hygiene only scales
+    it, so a clean console and a tidy layout are worth nothing on a page that does none of the task."""
+    def mean(weights):
+        present = {k: w for k, w in weights.items() if k in earned}
+        return sum(w * earned[k] for k, w in present.items()) / sum(present.values()) if present else 1.0
+    task = CONTENT_SHARE * mean(CONTENT_CHECKS) + (1 - CONTENT_SHARE) * mean(STYLE_CHECKS)
+    return task * (1 - GENERIC_SHARE + GENERIC_SHARE * mean(GENERIC_CHECKS))
 
 
 def _hex(rgb) -> str:

@@ -35,6 +35,10 @@ def main(dcfg: DictConfig) -> None:
         cfg.trainer.output_dir = hydra_job_dir(cfg.trainer.output_dir, user_set)
         print(f"sweep job {hc.job.num}: trainer.output_dir={cfg.trainer.output_dir}", flush=True)
     from launch.trainer import train
+    if cfg.trainer.ablation:
+        from launch.ablation import run
+        run(cfg)
+        return
     if not cfg.trainer.throughput:
         train(cfg)
         return

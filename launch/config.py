@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.config import ENGINES, RolloutConfig
+from actors.revision import RevisionConfig
+from actors.reward import RewardConfig
 from common.checks import check
 from critic_service.config import CriticConfig
 from learner.config import LearnerConfig
@@ -72,6 +74,7 @@ class TrainerConfig:
     resume: str = "auto"  # "auto": continue from the latest checkpoint in output_dir; "never"; or a checkpoint path
     save_every: int = 1  # checkpoint every N steps (and at the end)
     eval_every: int = 0  # mean reward on held-out tasks every N steps (0 = never)
+    eval_max_turns: int = 1  # turns of a held-out evaluation: 1 = the first page alone (the policy as deployed, no critic); 0 = rollout.max_turns
     seed: int = 0  # sampling seeds (per step and worker); also the learner's when learner.seed is -1
     wandb: str = "offline"  # wandb mode: "offline", "online" (needs a key) or "disabled"
     wandb_project: str = "relook"  # wandb project name
@@ -79,6 +82,8 @@ class TrainerConfig:
     learning_check: bool = False  # held-out reward before and after training, printed as one JSON line
     max_staleness: int = 0  # 0: on-policy (rollout, update, push, in turn); k >= 1: rollouts run ahead while the learner steps, on policies at most k versions old
     throughput: bool = False  # +experiment=throughput: the same steps synchronously, then with max_staleness=1; one JSON line per mode
+    token_budget: int = 0  # stop after the step whose generated tokens (all attempts, this run) reach this many; 0 = max_steps only
+    ablation: bool = False  # +experiment=ablation: train and evaluate the paper's arms (launch/ablation.py)
 
 
 @dataclass
@@ -89,12 +94,14 @@ class TrainConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=2, max_turns=2, max_resamples=1, max_new_tokens=192))
+    revision: RevisionConfig = field(default_factory=RevisionConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> "TrainConfig":
-        for part in (self.engine, self.critic, self.render, self.learner, self.rollout):
+        for part in (self.engine, self.critic, self.render, self.learner, self.rollout, self.revision, self.reward):
             part.validate()
         self.cluster.validate(self.learner.ranks, self.rollout.workers)
         return check("", self, [
@@ -104,6 +111,10 @@ class TrainConfig:
             ("trainer.save_every", self.trainer.save_every >= 1, "an integer >= 1"),
             ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
             ("trainer.max_staleness", self.trainer.max_staleness >= 0, "an integer >= 0"),
+            ("trainer.eval_max_turns", self.trainer.eval_max_turns >= 0, "an integer >= 0 (0 = rollout.max_turns)"),
+            ("trainer.token_budget", self.trainer.token_budget == 0 or (self.trainer.token_budget > 0 and
+                                                                        not self.trainer.max_staleness),
+             "0, or > 0 with trainer.max_staleness=0 (the budget is checked between synchronous steps)"),
             ("learner.loss", not (self.trainer.max_staleness and self.learner.loss == "ppo"),
              "'decoupled' or 'auto' with trainer.max_staleness >= 1 (stale samples need the importance weight)"),
         ])

@@ -54,7 +54,8 @@ class Sink:
         row = {"id": task["id"], "category": task.get("category"), "prompt": task["prompt"], "score": r["score"],
                "valid": r["valid"], "reason": r["reason"], "unscorable": r["valid"] and r["score"] is None,
                "rounds": r["rounds"], "stop": r["stop"], "latency_s": r["latency_s"], "tokens": r["tokens"],
-               "feedback": res.feedback, "page": f"pages/{name}.html", "screenshots": shots, "history": r["history"]}
+               "feedback": res.feedback, "page": f"pages/{name}.html", "screenshots": shots, "history": r["history"],
+               "round_scores": r["round_scores"]}
         with open(self.out / "results.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.bar is not None:
@@ -90,7 +91,8 @@ def run_ray(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
     with critic as url:
         farm = RenderFarm(cfg.render)
         Worker = rollout_worker(cfg.engine.kind)
-        workers = [Worker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url, seed=cfg.seed + i)
+        workers = [Worker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url, seed=cfg.seed + i,
+                                                             revision=cfg.revision)
                    for i in range(cfg.workers)]
         print(f"evaluate: generating on {len(workers)} rollout worker(s) of the Ray cluster", flush=True)
         queue, pending = list(tasks), {}
@@ -116,7 +118,7 @@ def summarize(rows: list[dict], cfg: EvalConfig) -> dict:
             "mean_latency_s": mean([r["latency_s"] for r in rows]), "mean_rounds": mean([r["rounds"] for r in rows]),
             "per_category": {c: {"tasks": len(v), "mean_score": mean(v)} for c, v in sorted(cats.items())},
             "data": cfg.data.source, "model": cfg.model.name, "engine": cfg.engine.kind, "critic": cfg.critic.backend,
-            "self_edit_rounds": cfg.self_edit.rounds, "self_edit_mode": cfg.self_edit.mode,
+            "self_edit_rounds": cfg.self_edit.rounds, "revision_format": cfg.revision.format,
             "critic_in_loop": cfg.self_edit.use_critic and cfg.critic.backend != "none"}
 
 

@@ -43,7 +43,7 @@ async def generate(cfg: GenerateConfig, bench: bool) -> dict:
             se = cfg.self_edit
             one_shot = Sampling(se.temperature, se.top_p, se.max_new_tokens)
             prompt = stack.conv.prompt_ids(task["prompt"])
-            await stack.run(task, replace(se, rounds=1, max_new_tokens=8, edit_max_new_tokens=8))  # warm-up
+            await stack.run(task, replace(se, rounds=1, max_new_tokens=8))  # warm-up
             base, edit, rows = [], [], []
             for r in range(cfg.bench_repeats):  # interleaved pairs, same seed: the first pages are the same
                 torch.manual_seed(cfg.seed + r)
@@ -59,7 +59,7 @@ async def generate(cfg: GenerateConfig, bench: bool) -> dict:
             report = {"bench": {"base_latency_s": round(statistics.median(base), 3),
                                 "self_edit_latency_s": round(statistics.median(edit), 3),
                                 "self_edit_vs_base_latency": round(statistics.median(edit) / statistics.median(base), 3),
-                                "rounds_configured": se.rounds, "mode": se.mode, "engine": cfg.engine.kind,
+                                "rounds_configured": se.rounds, "revision_format": cfg.revision.format, "engine": cfg.engine.kind,
                                 "model": cfg.model.name, "pairs": rows}}
     out = Path(cfg.out)
     shots = [str(p) for p in write_page(res, out, out.parent, f"{out.stem}-shot")]

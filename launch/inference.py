@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from actors.config import SelfEditConfig
 from actors.engine import Batcher
+from actors.revision import RevisionConfig
 from actors.rollout import Conversation
 from actors.self_edit import EditResult, self_edit
 from actors.worker import make_engine
@@ -32,6 +33,7 @@ class GenerateConfig:
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(backend="none"))
     render: RenderConfig = field(default_factory=RenderConfig)
     self_edit: SelfEditConfig = field(default_factory=SelfEditConfig)
+    revision: RevisionConfig = field(default_factory=RevisionConfig)
 
     def validate(self) -> "GenerateConfig":
         return _validate_parts(self)
@@ -51,6 +53,7 @@ class EvalConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="webgen"))
     self_edit: SelfEditConfig = field(default_factory=lambda: SelfEditConfig(use_critic=False))
+    revision: RevisionConfig = field(default_factory=RevisionConfig)
 
     def validate(self) -> "EvalConfig":
         checks = [("ray", self.ray in ("auto", "off"), "'auto' or 'off'"),
@@ -61,7 +64,7 @@ class EvalConfig:
 
 
 def _validate_parts(cfg):
-    cfg.engine.validate(), cfg.self_edit.validate(), cfg.render.validate()
+    cfg.engine.validate(), cfg.self_edit.validate(), cfg.revision.validate(), cfg.render.validate()
     if cfg.critic.backend != "none":  # "none" is an inference-only choice the critic's own schema does not allow
         cfg.critic.validate()
     return cfg
@@ -108,7 +111,7 @@ class Stack:
     async def run(self, task: dict, self_edit_cfg: SelfEditConfig | None = None) -> EditResult:
         critique = self.critic.critique if self.critic is not None else None
         return await self_edit(task, self.conv, self.generate, self.renderer.render,
-                               self_edit_cfg or self.cfg.self_edit, critique)
+                               self_edit_cfg or self.cfg.self_edit, critique, self.cfg.revision)
 
     async def __aexit__(self, *exc) -> None:
         await self.renderer.__aexit__(*exc)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 # Keys that may change between a checkpoint and its resumed run without changing what is trained.
 RESUME_FREE = ("trainer.max_steps", "trainer.resume", "trainer.progress", "trainer.wandb", "trainer.eval_every",
+               "trainer.eval_max_turns", "trainer.token_budget",
                "trainer.output_dir", "cluster.", "critic.url", "critic.port", "learner.push_timeout_s")
 
 
@@ -112,6 +113,28 @@ class RunFiles:
             f.write(json.dumps(metrics) + "\n")
 
 
+def quality(trajs: list) -> dict:
+    """What a set of trajectories achieved: mean reward, final valid rate, accepted revisions per trajectory, and the
+    critic's sub-scores (checks, 0..1) averaged over the final pages it scored - conditional on validity, so a gain
+    there is better pages, not only more pages that render."""
+    n = max(len(trajs), 1)
+    scored = [t.final_checks for t in trajs if t.final_checks]
+    names = sorted({k for c in scored for k in c})
+    return {"reward": sum(t.reward for t in trajs) / n, "first_reward": sum(t.first_reward for t in trajs) / n,
+            "valid_rate": sum(t.final_valid for t in trajs) / n,
+            "accepted_revisions_per_trajectory": sum(a.accepted and a.turn > 0 for t in trajs for a in t.attempts) / n,
+            "checks": {k: round(sum(c.get(k, 0.0) for c in scored if k in c) / sum(k in c for c in scored), 4)
+                       for k in names}}
+
+
+def task_checks_gain(before: dict, after: dict) -> float | None:
+    """Mean change of the task-specific checks (the critic's content and style checks: terms, elements, colours,
+    motion) between two `quality(...)["checks"]`; None when the critic reports none (an MLLM critic)."""
+    from critic_service.heuristic import CONTENT_CHECKS, STYLE_CHECKS
+    names = [k for k in (*CONTENT_CHECKS, *STYLE_CHECKS) if k in before and k in after]
+    return round(sum(after[k] - before[k] for k in names) / len(names), 4) if names else None
+
+
 def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s: float, push_s: float) -> dict:
     n = max(len(trajs), 1)
     attempts = [a for t in trajs for a in t.attempts]
@@ -130,6 +153,8 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "renders_per_s": sum(a.reason != "no_html" for a in attempts) / max(rollout_s, 1e-9),
         "tokens_per_s": generated / max(rollout_s, 1e-9), "generated_tokens": generated, "trajectories": len(trajs),
         "critic_latency_s": busy["critic"] / max(sum(a.valid for a in attempts), 1),
+        "accepted_revisions_per_trajectory": sum(a.accepted and a.turn > 0 for a in attempts) / n,
+        **{f"check_{k}": v for k, v in quality(trajs)["checks"].items()},
     }
 
 

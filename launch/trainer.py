@@ -28,7 +28,7 @@ from render_farm.farm import RenderFarm
 from . import placement
 from . import tasks as task_sources
 from .config import TrainConfig
-from .run_io import Dashboard, RunFiles, config_changes, flat, step_metrics
+from .run_io import Dashboard, RunFiles, config_changes, flat, quality, step_metrics, task_checks_gain
 
 
 def ray_init(cfg: TrainConfig) -> None:
@@ -79,7 +79,7 @@ class Trainer:
         critic = cfg.critic if cfg.critic.host != "auto" else \
             dataclasses.replace(cfg.critic, host=ray.util.get_node_ip_address())
         self.critic_url = self._resources.enter_context(endpoint(critic, self.files.critic_log))
-        print(f"critic service: {self.critic_url}", flush=True)
+        print(f"critic service: {self.critic_url}; {cfg.reward.formula()}; revisions: {cfg.revision.format}", flush=True)
         self.layout = placement.plan(cfg.cluster, cfg.learner.ranks, cfg.rollout.workers, cfg.render.workers,
                                      ray.cluster_resources().get("GPU", 0))
         placement.reserve(self.layout, cfg.cluster.placement_timeout_s)
@@ -89,7 +89,8 @@ class Trainer:
         Worker = rollout_worker(cfg.engine.kind)
         self.workers = [Worker.options(num_cpus=cfg.cluster.rollout_cpus, num_gpus=self.layout.rollout_gpus,
                                        **placement.options(self.layout, b)).remote(
-                            cfg.model.name, cfg.rollout, self.farm.workers, self.critic_url, seed=cfg.trainer.seed + i)
+                            cfg.model.name, cfg.rollout, self.farm.workers, self.critic_url, seed=cfg.trainer.seed + i,
+                            revision=cfg.revision, reward=cfg.reward)
                         for i, b in enumerate(self.layout.rollout)]
         print(f"{len(self.workers)} rollout worker(s), {cfg.render.workers} render worker(s), placement "
               f"{self.layout.strategy} ({len(self.layout.bundles)} bundles{', colocated' if cfg.cluster.colocate else ''}); "
@@ -117,9 +118,9 @@ class Trainer:
 
     # -- one RL step ----------------------------------------------------------------------------------------------
 
-    def rollout(self, tasks: list[dict], stats: dict | None = None) -> list:
-        return [t for _, group in stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats)
-                for t in group]
+    def rollout(self, tasks: list[dict], stats: dict | None = None, max_turns: int = 0) -> list:
+        return [t for _, group in stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats,
+                                                max_turns=max_turns) for t in group]
 
     def collect(self, step: int) -> dict:
         """The rollout of one step: its tasks (a function of data.seed and step), the trajectories, how long it took
@@ -152,7 +153,9 @@ class Trainer:
                        dropped_stale=len(got["trajs"]) - len(trajs), max_staleness=k, **got["engine"],
                        elapsed_s=time.perf_counter() - self.loop_t0)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-            metrics["heldout_reward"] = self.evaluate()
+            held = self.evaluate()
+            metrics["heldout_reward"], metrics["heldout_first_reward"] = held["reward"], held["first_reward"]
+            metrics.update({f"heldout_check_{name}": v for name, v in held["checks"].items()})
         self.files.write_step(metrics, trajs)
         if step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
             self.save(step)
@@ -237,10 +240,10 @@ class Trainer:
             except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 pass  # a worker being restarted: the dispatcher resubmits its groups; its constructor seeds it
 
-    def evaluate(self) -> float:
-        """Mean reward on the held-out tasks under the current policy."""
-        trajs = self.rollout(self.heldout)
-        return sum(t.reward for t in trajs) / max(len(trajs), 1)
+    def evaluate(self) -> dict:
+        """The held-out tasks under the current policy (run_io.quality): with trainer.eval_max_turns=1 (the default)
+        the first page alone, i.e. the policy as deployed without a critic; 0 = through the training loop."""
+        return quality(self.rollout(self.heldout, max_turns=self.cfg.trainer.eval_max_turns))
 
     def save(self, step: int) -> None:
         state = {"step": step, "policy_version": self.learner.version, "data_seed": self.cfg.data.seed}
@@ -260,18 +263,37 @@ class Trainer:
         and after, printed as one JSON line."""
         try:
             self.setup()
-            result, t_start = {}, time.time()
+            result, t_start, accepted = {}, time.time(), []
             if self.cfg.trainer.learning_check:
-                result["baseline_reward"] = self.evaluate()
+                baseline = self.evaluate()
+            def on_step(metrics: dict) -> None:
+                result.update(metrics)
+                accepted.append(metrics["accepted_revisions_per_trajectory"])
+                result["generated_tokens_total"] = result.get("generated_tokens_total", 0) + metrics["generated_tokens"]
+
             self.loop_t0 = time.perf_counter()
             if self.cfg.trainer.max_staleness:
-                self.run_async(result.update)
+                self.run_async(on_step)
             else:
+                budget = self.cfg.trainer.token_budget
                 for step in range(self.start_step + 1, self.cfg.trainer.max_steps + 1):
-                    result.update(self.step(step))
+                    on_step(self.step(step))
+                    if budget and result["generated_tokens_total"] >= budget and step < self.cfg.trainer.max_steps:
+                        print(f"step {step}: generation budget spent ({result['generated_tokens_total']} >= "
+                              f"trainer.token_budget={budget} tokens); stopping", flush=True)
+                        self.save(step)
+                        break
             if self.cfg.trainer.learning_check:
-                line = {"baseline_reward": result["baseline_reward"], "final_reward": self.evaluate(),
-                        "minutes": round((time.time() - t_start) / 60, 2)}
+                final = self.evaluate()
+                line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
+                        "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
+                        "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,
+                        "accepted_revisions_per_trajectory": round(sum(accepted) / max(len(accepted), 1), 4),
+                        "baseline_checks": baseline["checks"], "final_checks": final["checks"],
+                        "task_checks_gain": task_checks_gain(baseline["checks"], final["checks"]),
+                        "baseline_valid_rate": baseline["valid_rate"], "final_valid_rate": final["valid_rate"],
+                        "baseline_first_reward": baseline["first_reward"], "final_first_reward": final["first_reward"],
+                        "reward_formula": self.cfg.reward.formula()}
                 print(json.dumps(line), flush=True)
                 result.update(line)
             return result

@@ -63,6 +63,7 @@ def _teach(path: pathlib.Path) -> None:
 
     from actors.config import RolloutConfig
     from actors.engine import Completion, HFEngine
+    from actors.revision import critic_report, revision_message
     from actors.rollout import Conversation
     cfg = RolloutConfig()
     engine = HFEngine("tiny")
@@ -74,7 +75,7 @@ def _teach(path: pathlib.Path) -> None:
     done = Completion(target, [0.0] * len(target), PAGE, True)
     ctx = first
     for score in (50, 55, 61.5):  # the revision contexts, turn after turn
-        fb = f"Score: {score:g}/100.\nfeedback after {score:g}\nRevise the page and reply with the full page."
+        fb = revision_message(critic_report(score, f"feedback after {score:g}"), "page")
         ctx = ctx + target + conv.feedback_ids(TASK["prompt"], done, fb)
         contexts.append(ctx)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -77,6 +77,17 @@ def test_forced_optimization_keeps_only_improvements_and_stops(cfg, taught):
     assert row["loss_mask_tokens"] == sum(traj.loss_mask) and row["total_tokens"] == len(traj.token_ids)
 
 
+def test_without_forced_optimization_every_revision_is_accepted(cfg, taught):
+    """The ablation's arm: each revision is taken as it comes (worse ones too), once, and the reward is the last
+    page's; the first page's own reward is kept beside it."""
+    import dataclasses
+    critic = ScriptedCritic([50, 40, 30])
+    (traj,), _ = run_loop(dataclasses.replace(cfg, forced_optimization=False, max_turns=3), critic, taught)
+    assert [(a.turn, a.score, a.accepted) for a in traj.attempts] == [(0, 50, True), (1, 40, True), (2, 30, True)]
+    assert traj.final_score == 30 and traj.reward == pytest.approx(0.3 + 0.1)
+    assert traj.first_reward == pytest.approx(0.5 + 0.1)
+
+
 def test_unscorable_first_page_marks_the_trajectory_unscorable(cfg, taught):
     (traj,), _ = run_loop(cfg, ScriptedCritic([None]), taught)
     assert traj.unscorable and traj.final_score is None and traj.reward == 0.0 and len(traj.attempts) == 1

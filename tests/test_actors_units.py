@@ -5,7 +5,9 @@ import pytest
 
 from actors.config import RolloutConfig
 from actors.engine import Batcher, Completion, HFEngine, Sampling
-from actors.rollout import Attempt, Conversation, accept_revision, extract_html, format_score, reward, run_trajectory
+from actors.revision import extract_html
+from actors.reward import RewardConfig, edits_format_score, format_score, reward
+from actors.rollout import Attempt, Conversation, accept_revision, run_trajectory
 from render_farm.result import RenderResult
 
 from .conftest import run
@@ -24,6 +26,9 @@ def test_format_score():
     assert format_score("<html><body>x</body></html>") == 0.5
     assert format_score("```html\n<div>x</div>\n```") == 0.5
     assert format_score("nothing") == 0.0
+    edit = "<<<<<<< SEARCH\n{}\n=======\nnew\n>>>>>>> REPLACE\n"
+    assert edits_format_score(edit.format("<h1>") + edit.format("<nav>"), "<html><h1>x</h1></html>") == 0.5
+    assert edits_format_score("no blocks", "<html></html>") == 0.0
 
 
 def test_forced_optimization_accepts_only_strict_improvements():
@@ -52,14 +57,19 @@ def test_an_invalid_render_gets_exactly_zero_and_never_reaches_the_critic(reason
     cfg = RolloutConfig(max_turns=1)
     traj = run(run_trajectory({"id": "t", "prompt": "p"}, 0, first, [5], conv, None, render, critique, cfg))
     assert traj.reward == 0.0 and not traj.final_valid and not asked
-    assert traj.attempts == [Attempt(0, page, 0.0, False, reason, True, traj.attempts[0].feedback, 2, 0)]
+    assert traj.attempts == [Attempt(0, page, 0.0, False, reason, True, traj.attempts[0].feedback, 2, 0, "page", 1.0)]
     assert reason in traj.attempts[0].feedback
-    assert reward(False, 95.0, 1.0, 0.1) == 0.0
+    assert reward(False, 95.0, 1.0, RewardConfig()) == 0.0
 
 
 def test_reward_and_unscorable():
-    assert reward(True, 80.0, 1.0, 0.1) == pytest.approx(0.9)
-    assert reward(True, None, 1.0, 0.1) == 0.0
+    assert reward(True, 80.0, 1.0, RewardConfig()) == pytest.approx(0.9)
+    assert reward(True, None, 1.0, RewardConfig()) == 0.0
+    shaped = RewardConfig(score_scale=10, format_weight=0.5, invalid=-1.0)
+    assert reward(True, 8.0, 0.5, shaped) == pytest.approx(1.05) and reward(False, 8.0, 1.0, shaped) == -1.0
+    assert shaped.formula() == ("reward = score/10 + 0.5 x format if the final page renders and is scored, else -1")
+    with pytest.raises(ValueError, match=r"reward.score_scale=0 is invalid: expected > 0"):
+        RewardConfig(score_scale=0).validate()
 
 
 def test_feedback_ids_reproduce_the_chat_template_without_retokenising():

@@ -116,3 +116,31 @@ def test_asynchronous_training_bounds_staleness_and_resumes(tmp_path):
     assert "resumed from" in again.stdout and "step 3" in again.stdout
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["policy_version"] == 4
+
+
+def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
+    """+experiment=ablation end to end at toy size (the taught tiny model, one step per arm): every arm trains from
+    the same seed until the token budget, prints its learning-check line, is evaluated round by round, and the table,
+    JSON and plot are written."""
+    out = tmp_path / "ablation"
+    run = cluster(f"model.name={taught_model}", "+experiment=ablation", "cluster.address=local", "trainer.max_steps=2",
+                  "trainer.token_budget=1", "trainer.eval_every=1", "data.heldout_tasks=1", "data.limit=1",
+                  "rollout.group_size=2", "rollout.max_new_tokens=80", "rollout.max_resamples=1",
+                  "trainer.wandb=disabled", f"trainer.output_dir={out}", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    checks = [line for line in lines if "baseline_checks" in line]
+    assert [line["max_turns"] for line in checks] == [1, 2, 2]  # web_rl, relook, relook_no_fo
+    for line in checks:
+        for key in ("baseline_reward", "final_reward", "minutes", "accepted_revisions_per_trajectory",
+                    "final_checks", "baseline_valid_rate", "final_valid_rate", "task_checks_gain", "reward_formula"):
+            assert key in line, key
+        assert {"terms", "elements", "layout"} <= set(line["baseline_checks"])  # the taught page renders: checks exist
+    arms = [line["arm"] for line in lines if "arm" in line]
+    assert arms == ["base", "web_rl", "relook", "relook_no_fo"]
+    result = json.loads((out / "ablation.json").read_text())
+    for name in arms[1:]:  # the budget (1 token) ends each trained arm after its first step
+        a = result["arms"][name]
+        assert a["steps"] == 1 and a["generated_tokens"] > 0 and a["heldout_curve"][0][0] == 0
+        assert len(a["webgen_per_round"]) == 4 and len(a["heldout_per_round"]) == 4
+    assert "| relook_no_fo |" in (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 1000

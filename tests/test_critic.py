@@ -18,7 +18,7 @@ from critic_service.openai_backend import OpenAIBackend, TokenBucket, parse_repl
 from critic_service.service import start
 from render_farm.renderer import Renderer
 
-from .conftest import run
+from .conftest import ROOT, run
 
 
 def webgen(data_dir, ids):
@@ -79,6 +79,46 @@ def test_heuristic_ranks_the_faithful_page_first(data_dir, task_id, words):
     good, wrong_colours, other = (heuristic_critique(r) for r in reqs)
     assert good.score > wrong_colours.score + 10 and good.score > other.score + 10, (good, wrong_colours, other)
     assert "background" in wrong_colours.feedback and bg in wrong_colours.feedback  # says what to change to
+
+
+BAKERY = ("Please implement a website for a local bakery. The website should have a photo gallery of breads and cakes, "
+          "a menu with prices, an order form where customers enter their name, pickup date and items, and a footer "
+          "with opening hours and address. Use ivory for the background and forest green for components.")
+
+
+def twins(task: str, bg: str) -> dict[str, str]:
+    """Degenerate pages for a task: a heading and a button on the asked-for background, and the same page stuffed
+    with the task's words in every way a person cannot see them."""
+    near_empty = f"<html><body style='background:{bg}'><h1>{task.split()[-1]}</h1><button>Go</button></body></html>"
+    hidden = "".join(f"<p style='{style}'>{task}</p>" for style in (
+        f"color:{bg}", "display:none", "position:absolute;left:-9999px", "font-size:1px", "opacity:0",
+        "height:0;overflow:hidden", "visibility:hidden"))
+    return {"near_empty": near_empty, "stuffed": near_empty.replace("</body>", hidden + "</body>")}
+
+
+def test_heuristic_pays_for_what_a_person_sees_not_for_empty_or_stuffed_pages(data_dir):
+    """A page that does the task beats each degenerate twin by >= 30 points: near-empty, keyword-stuffed with
+    invisible text, and another task's page. Two of the three tasks' pages predate this critic (`site`)."""
+    rows = webgen(data_dir, ["000001", "000002"])
+    tasks = [BAKERY] + [r["instruction"] for r in rows]
+    words = ["", "Stock search by stock code or name. Report format and report content options. Market trends, "
+             "financial data and stock information in every generated report.",
+             "Neighborhood mapping: compare demographic, economic and crime data across areas. Data dashboards "
+             "with interactive charts and customizable layouts. Search neighborhoods, compare areas."]
+    bgs = ["ivory"] + ["#%02x%02x%02x" % task_colors(t)["background"] for t in tasks[1:]]
+    full = [(ROOT / "tests" / "pages" / "bakery.html").read_text()] + [
+        site("Portal", w, bg, "#%02x%02x%02x" % task_colors(t)["components"]) for t, w, bg in zip(tasks[1:], words[1:], bgs[1:])]
+    for i, (task, bg) in enumerate(zip(tasks, bgs)):
+        other = full[1] if i == 0 else full[0]  # the two portal pages share a template: the bakery is the other task
+        pages = {"does_the_task": full[i], **twins(task, bg), "other_task": other}
+        reqs = run(render_requests(list(pages.values()), task, []))
+        scores = {name: heuristic_critique(r) for name, r in zip(pages, reqs)}
+        good = scores.pop("does_the_task")
+        assert good.score >= 70, good
+        for name, twin in scores.items():
+            assert good.score >= twin.score + 30, (i, name, good.score, twin)
+        assert scores["stuffed"].checks["terms"] <= scores["near_empty"].checks["terms"] + 0.1  # hidden words earn nothing
+        assert set(good.checks) >= {"background", "components", "terms", "elements", "layout", "errors"}
 
 
 def test_heuristic_wants_motion_when_the_task_asks_for_it():

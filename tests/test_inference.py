@@ -14,7 +14,7 @@ from launch import tasks
 
 from .conftest import ROOT, TASK, WEB_BENCH_PROJECTS, stop_ray_session
 
-TINY = ["model=tiny", "self_edit.max_new_tokens=24", "self_edit.edit_max_new_tokens=8"]
+TINY = ["model=tiny", "self_edit.max_new_tokens=24", "revision.edit_max_new_tokens=8"]
 
 
 def script(name, *args, timeout=300):
@@ -94,8 +94,8 @@ def test_generate_runs_the_cycle_and_writes_its_files(tmp_path):
 
     missing = script("generate", "model=tiny", timeout=60)
     assert missing.returncode == 2 and "task is required" in missing.stderr
-    bad = script("generate", "model=tiny", "task=x", "self_edit.mode=diff", timeout=60)
-    assert bad.returncode == 2 and "self_edit.mode='diff'" in bad.stderr
+    bad = script("generate", "model=tiny", "task=x", "revision.format=diff", timeout=60)
+    assert bad.returncode == 2 and "revision.format='diff'" in bad.stderr
 
 
 def test_evaluate_writes_results_summary_report_and_resumes(tmp_path, taught_model):

@@ -3,10 +3,12 @@ are scripted here so that each rule (edit budget, early stops, what is kept) is 
 the same loop end to end in test_inference.py."""
 import pytest
 
-from actors.config import SelfEditConfig
+from actors.config import RolloutConfig, SelfEditConfig
 from actors.engine import Completion
-from actors.rollout import Conversation
-from actors.self_edit import apply_edits, farm_rank, parse_edits, revise, self_edit
+from actors.revision import ASK, RevisionConfig, apply_edits, parse_edits, revise
+from actors.rollout import Conversation, run_trajectory
+from actors.self_edit import farm_rank, self_edit
+from critic_service.critique import Critique
 from common.models import load_tokenizer
 from render_farm.renderer import Renderer
 
@@ -35,24 +37,27 @@ def test_parse_and_apply_edits():
 
 
 def test_revise_rules():
-    assert revise(BROKEN, edit("undefinedFunction();", "console.log('ok');"), True) == (FIXED, "1/1 edits applied")
-    assert revise(BROKEN, edit("missing", "x"), True) == (None, "edits_not_found")
-    assert revise(BROKEN, "NO CHANGES", True) == (None, "no_change")
+    assert revise(BROKEN, edit("undefinedFunction();", "console.log('ok');"), True, False) == (FIXED, "1/1 edits applied")
+    assert revise(BROKEN, edit("missing", "x"), True, False) == (None, "edits_not_found")
+    assert revise(BROKEN, "NO CHANGES", True, False) == (None, "no_change")
     page = "```html\n<html><body>new</body></html>\n```"
-    assert revise(BROKEN, page, True)[0] == "<html><body>new</body></html>"
-    assert revise(BROKEN, "```html\n<html><body>cut", False) == (None, "truncated")  # never replaces a whole page
-    assert revise(None, "```html\n<html><body>cut", False)[0] is not None  # but beats having no page
+    assert revise(BROKEN, page, True, False)[0] == "<html><body>new</body></html>"
+    # Without a critic a cut-off page never replaces a whole one; with one, the critic judges it.
+    assert revise(BROKEN, "```html\n<html><body>cut", False, keep_truncated=False) == (None, "truncated")
+    assert revise(BROKEN, "```html\n<html><body>cut", False, keep_truncated=True)[0] == "<html><body>cut"
+    assert revise(None, "```html\n<html><body>cut", False, False)[0] is not None  # but beats having no page
 
 
 class ScriptedPolicy:
     """Replies in order; records each call's context length and token budget."""
 
     def __init__(self, tok, replies):
-        self.tok, self.replies, self.calls = tok, list(replies), []
+        self.tok, self.replies, self.calls, self.contexts = tok, list(replies), [], []
 
     async def __call__(self, ids, sampling, n):
         text = self.replies[min(len(self.calls), len(self.replies) - 1)]
         self.calls.append((len(ids), sampling.max_new_tokens))
+        self.contexts.append(list(ids))
         token_ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
         return [Completion(token_ids, [0.0] * len(token_ids), text, True)] * n
 
@@ -63,13 +68,13 @@ def tok():
 
 
 def cycle(tok, replies, critic=None, **kw):
-    cfg = SelfEditConfig(**{"rounds": 3, "max_new_tokens": 300, "edit_max_new_tokens": 40, **kw})
+    cfg = SelfEditConfig(**{"rounds": 3, "max_new_tokens": 300, **kw})
     policy = ScriptedPolicy(tok, replies)
 
     async def go():
         async with Renderer() as r:
             return await self_edit(TASK, Conversation(tok, cfg.system_prompt, cfg.feedback_role), policy, r.render,
-                                   cfg, critic)
+                                   cfg, critic, RevisionConfig(format="edits", edit_max_new_tokens=40))
     return run(go()), policy
 
 
@@ -118,6 +123,46 @@ def test_without_an_html_block_the_next_round_asks_for_the_whole_page(tok):
     res, policy = cycle(tok, ["I cannot.", f"```html\n{FIXED}\n```", "NO CHANGES"])
     assert res.history[1]["kind"] == "page" and policy.calls[1][1] == 300
     assert res.html == FIXED and res.page.valid and res.stop == "no_change"
+
+
+def test_training_revises_in_the_words_and_format_inference_uses(tok):
+    """revision.format=edits: the training loop asks for a revision with the self-edit cycle's own message, applies
+    the edit reply to its best page, and trains on the reply's tokens; the same verdict at inference reads the same."""
+    first_text = f"```html\n{FIXED}\n```"
+    reply = edit("Bakery", "Bakery menu")
+    revision = RevisionConfig(format="edits", edit_max_new_tokens=40)
+    cfg = RolloutConfig(group_size=1, max_turns=2, max_resamples=1, temperature=0.0)
+    conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
+    policy = ScriptedPolicy(tok, [reply])
+    prompt = conv.prompt_ids(TASK["prompt"])
+    first_ids = tok(first_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    first = Completion(first_ids, [0.0] * len(first_ids), first_text, True)
+
+    async def train():
+        async with Renderer() as r:
+            return await run_trajectory(TASK, 0, first, prompt, conv, policy, r.render, ScriptedCritic([40, 55]),
+                                        cfg, revision)
+    traj = run(train())
+    assert [(a.kind, a.accepted, a.score) for a in traj.attempts] == [("page", True, 40), ("edits", True, 55)]
+    assert traj.attempts[1].fmt == 1.0 and traj.final_score == 55 and policy.calls[0][1] == 40
+    reply_ids = tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert traj.token_ids[-len(reply_ids):] == reply_ids and traj.loss_mask[-len(reply_ids):] == [1] * len(reply_ids)
+    asked_in_training = tok.decode(policy.contexts[0][len(prompt) + len(first_ids):])
+
+    res, inference = cycle(tok, [first_text, reply, "NO CHANGES"], ScriptedCritic([40, 55]))
+    assert res.html == FIXED.replace("Bakery", "Bakery menu")
+    asked_at_inference = tok.decode(inference.contexts[1][len(prompt) + len(first_ids):])
+    assert asked_in_training == asked_at_inference and ASK["edits"] in asked_in_training
+
+
+def test_score_rounds_gives_the_judges_curve_over_rounds(tok):
+    """A critic as judge only (critic-free rounds): the page kept after each round is scored; rounds an early stop
+    skipped keep their page's score. This is the ablation's per-round curve (round 0 = one-shot)."""
+    async def judge(req):
+        return Critique(70.0 if "menu" in req.html else 40.0, "", backend="scripted")
+    res, _ = cycle(tok, [f"```html\n{FIXED}\n```", edit("Bakery", "Bakery menu"), "NO CHANGES"], judge,
+                   use_critic=False, score_rounds=True)
+    assert res.round_scores == [40.0, 70.0, 70.0, 70.0] and res.score == 70.0 and res.stop == "no_change"
 
 
 def test_farm_rank_orders_invalid_below_errors_below_clean():

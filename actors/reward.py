@@ -1,0 +1,55 @@
+"""The reward, all of it: one config (the `reward` group) and the pure functions that turn a trajectory's final
+page into a number. What a run trains on is exactly `RewardConfig.formula()`, which the trainer prints and logs.
+
+    reward = score / score_scale + format_weight x format     if the final page renders and is scored
+           = invalid                                         otherwise (ReLook's strict zero)
+
+An unscorable final page (the critic could not answer) also gets `invalid`, and is left out of its group's GRPO
+baseline by the learner, so a critic outage never reads as a bad page.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from common.checks import check
+
+from .revision import apply_edits, extract_html, parse_edits
+
+
+@dataclass
+class RewardConfig:
+    score_scale: float = 100.0  # the critic's score is divided by this (critics answer on 0..100)
+    format_weight: float = 0.1  # weight of the format score (1: one ```html block with a whole document, or every edit applied)
+    invalid: float = 0.0  # reward of a trajectory whose final page does not render or cannot be scored (ReLook: 0)
+
+    def validate(self) -> "RewardConfig":
+        return check("reward", self, [("score_scale", self.score_scale > 0, "> 0"),
+                                      ("format_weight", self.format_weight >= 0, ">= 0")])
+
+    def formula(self) -> str:
+        return (f"reward = score/{self.score_scale:g} + {self.format_weight:g} x format if the final page renders "
+                f"and is scored, else {self.invalid:g}")
+
+
+def format_score(text: str) -> float:
+    """A whole-page reply: 1 for exactly one well-formed ```html block holding a complete document; 0.5 for one of
+    the two; else 0."""
+    one_block = len(re.findall(r"```[ \t]*html", text, re.I)) == 1 and text.count("```") == 2
+    html = extract_html(text) or ""
+    complete = bool(re.search(r"<html[\s>]", html, re.I) and re.search(r"</html\s*>", html, re.I))
+    return 0.5 * one_block + 0.5 * complete
+
+
+def edits_format_score(text: str, html: str | None) -> float:
+    """An edit reply: the share of its SEARCH/REPLACE blocks that apply to the page html."""
+    edits = parse_edits(text)
+    return apply_edits(html, edits)[1] / len(edits) if edits and html is not None else 0.0
+
+
+def reward(valid: bool, score: float | None, fmt: float, cfg: RewardConfig) -> float:
+    """The final accepted page's score, scaled, plus the format term; `cfg.invalid` when it did not render or
+    could not be scored."""
+    if not valid or score is None:
+        return cfg.invalid
+    return score / cfg.score_scale + cfg.format_weight * fmt
