@@ -13,6 +13,7 @@ is what every arm produces the same way, so the curves compare). Then every arm'
 self-edit cycle (3 rounds, every round run) on the held-out tasks and on WebGen-Bench instructions, and the critic
 judges the page kept after each round: round 0 is one-shot, round 3 the self-edited page; a score that falls over
 the rounds is the paper's "behavioural collapse". Writes <output_dir>/ablation.json, ablation.md, ablation.png.
+Resumable: an arm that finished (its <arm>/arm.json) is not run again.
 """
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def run(cfg: TrainConfig) -> dict:
     for name, changes in ARMS.items():
         t0, curve, steps, tokens = time.time(), [], 0, 0
         out = root / name
+        if (out / "arm.json").is_file():  # finished in an earlier run of the same output_dir: resumable, like evaluate.py
+            table[name] = json.loads((out / "arm.json").read_text())
+            print(f"ablation: {name} already done in {out}", flush=True)
+            continue
         if changes is None:
             model = cfg.model.name
         else:
@@ -95,6 +100,8 @@ def run(cfg: TrainConfig) -> dict:
                        **{f"{s}_one_shot": v[0] for s, v in evals.items()},
                        **{f"{s}_self_edit": v[-1] for s, v in evals.items()},
                        **{f"{s}_per_round": v for s, v in evals.items()}, "minutes": round((time.time() - t0) / 60, 1)}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "arm.json").write_text(json.dumps(table[name]))
         print(json.dumps({"arm": name, **table[name]}), flush=True)
     result = {"arms": table, "minutes": round((time.time() - t_all) / 60, 1), "token_budget": cfg.trainer.token_budget,
               "tasks": {s: len(t) for s, t in sets.items()}, "reward_formula": cfg.reward.formula()}
