@@ -22,6 +22,7 @@ from .engine import Sampling
 from .revision import RevisionConfig, critic_report, extract_html, revise, revision_message
 from .rollout import Conversation, accept_revision
 
+
 def farm_report(page: RenderResult | None) -> str:
     """What the render farm can tell the model without a critic."""
     if page is None:
@@ -65,11 +66,11 @@ class EditResult:
                 "round_scores": self.round_scores}
 
 
-async def score_rounds(kept: list[tuple], rounds: int, judge) -> list[float | None]:
+async def score_rounds(kept: list[tuple], rounds: int, judge, final: Critique) -> list[float | None]:
     """The judge's score of the page kept after each round (kept: [(html, page)] from round 0 on); rounds an early
-    stop skipped keep their page's score. Each distinct page is judged once."""
+    stop skipped keep their page's score. Each distinct page is judged once; the last one already was (final)."""
     kept = kept + [kept[-1]] * (rounds + 1 - len(kept))
-    scores: dict[int, float | None] = {}
+    scores: dict[int, float | None] = {id(kept[-1][1]): final.score}
     for html, page in kept:
         if id(page) not in scores:
             scores[id(page)] = (await judge(html, page)).score
@@ -156,7 +157,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
     if critique is not None and verdict is None:
         verdict = await judge(html, page)
     if cfg.score_rounds and critique is not None:
-        res.round_scores = await score_rounds(kept, cfg.rounds, judge)
+        res.round_scores = await score_rounds(kept, cfg.rounds, judge, verdict)
     res.html, res.page, res.reply = html, page, last.text
     res.score = verdict.score if verdict is not None else None
     res.feedback = verdict.feedback if verdict is not None else farm_report(page)
