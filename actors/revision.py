@@ -19,6 +19,9 @@ ASK = {
     "edits": "Re-read your code against the request. If the page is right, reply NO CHANGES. Otherwise fix it with "
              "SEARCH/REPLACE blocks:\n<<<<<<< SEARCH\nexact lines of the current page\n=======\nthe lines that "
              "replace them\n>>>>>>> REPLACE",
+    # multi-file tasks (Web-Bench): not a choice of revision.format, the only way to change a file set
+    "files": "Reply with every file you change or add, each in its own fenced block whose first line names the "
+             "language and the path, e.g. ```js index.js. Files you leave out stay as they are.",
 }
 
 
@@ -49,6 +52,34 @@ def extract_html(text: str) -> str | None:
         if found:
             return found[-1]
     return None
+
+
+_BLOCK = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)(?:```|\Z)", re.S)
+_PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w.-]+\.(?:html?|css|m?js|json|svg|txt|md))\b", re.I)
+
+
+def extract_files(text: str, default: str = "index.html") -> dict[str, str]:
+    """A multi-file answer: every fenced block that names its path (```js index.js, or a line just above the fence
+    such as `index.js:` or `**common/util.js**`) -> {path: text}. An unnamed ```html block, or with no named file
+    the page extract_html finds, is `default`. Paths are
+    relative to the site's root (a leading ./ or src/ is dropped); one that leaves it (.., /) is ignored."""
+    files = {}
+    for m in _BLOCK.finditer(text):
+        info, body = m.group(1).strip(), m.group(2)
+        named = _PATH.findall(info)
+        if not named:
+            above = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            named = _PATH.findall(above) if len(above) < 160 else []
+        name = named[-1] if named else (default if info.lower() in ("html", "") and "<" in body else None)
+        if name is None:
+            continue
+        name = re.sub(r"^(\./|src/)+", "", name)
+        if name.startswith(("/", "..")) or "/../" in name:
+            continue
+        files[name] = body.strip("\n") + "\n"
+    if not files and (page := extract_html(text)) is not None:  # a one-page answer, however it was fenced
+        files[default] = page.strip("\n") + "\n"
+    return files
 
 
 def parse_edits(text: str) -> list[tuple[str, str]]:

@@ -4,6 +4,10 @@ page into a number. What a run trains on is exactly `RewardConfig.formula()`, wh
     reward = score / score_scale + format_weight x format     if the final page renders and is scored
            = invalid                                         otherwise (ReLook's strict zero)
 
+On tasks that carry executable specs (Web-Bench), the score itself is a blend of what the critic sees and what
+the task's own end-to-end tests find (clicks, typing, computed results no screenshot shows):
+    score = (1 - tests_weight) x critic score + tests_weight x 100 x specs passed / specs run
+
 An unscorable final page (the critic could not answer) also gets `invalid`, and is left out of its group's GRPO
 baseline by the learner, so a critic outage never reads as a bad page.
 """
@@ -22,14 +26,25 @@ class RewardConfig:
     score_scale: float = 100.0  # the critic's score is divided by this (critics answer on 0..100)
     format_weight: float = 0.1  # weight of the format score (1: one ```html block with a whole document, or every edit applied)
     invalid: float = 0.0  # reward of a trajectory whose final page does not render or cannot be scored (ReLook: 0)
+    tests_weight: float = 0.5  # on tasks with specs (Web-Bench): the share of the score given by the pass fraction of the task's own specs
 
     def validate(self) -> "RewardConfig":
         return check("reward", self, [("score_scale", self.score_scale > 0, "> 0"),
-                                      ("format_weight", self.format_weight >= 0, ">= 0")])
+                                      ("format_weight", self.format_weight >= 0, ">= 0"),
+                                      ("tests_weight", 0 <= self.tests_weight <= 1, "in [0, 1]")])
 
     def formula(self) -> str:
         return (f"reward = score/{self.score_scale:g} + {self.format_weight:g} x format if the final page renders "
-                f"and is scored, else {self.invalid:g}")
+                f"and is scored, else {self.invalid:g}; with specs (Web-Bench): score = {1 - self.tests_weight:g} x "
+                f"critic + {self.tests_weight:g} x 100 x specs passed")
+
+
+def judged_score(critic: float | None, tests: float | None, cfg: RewardConfig) -> float | None:
+    """The page's score: the critic's, blended with the specs' pass fraction (0..1) when the task has specs.
+    Unscorable by the critic stays unscorable."""
+    if critic is None or tests is None:
+        return critic
+    return (1 - cfg.tests_weight) * critic + cfg.tests_weight * 100 * tests
 
 
 def format_score(text: str) -> float:

@@ -18,8 +18,10 @@ from critic_service.critique import CritiqueRequest
 
 from .config import RolloutConfig
 from .engine import Completion, Sampling
-from .revision import RevisionConfig, critic_report, extract_html, revise, revision_message
-from .reward import RewardConfig, edits_format_score, format_score, reward
+from render_farm.result import RenderRequest
+
+from .revision import ASK, RevisionConfig, critic_report, extract_files, extract_html, revise, revision_message
+from .reward import RewardConfig, edits_format_score, format_score, judged_score, reward
 
 
 @dataclass
@@ -105,47 +107,71 @@ class Conversation:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": task}]
 
 
+def site_of(task: dict, text: str, base: dict | None) -> dict | None:
+    """A multi-file task's page (Web-Bench): the files the reply writes over `base` (the task's files, then the best
+    so far); None when the reply writes no file."""
+    changed = extract_files(text)
+    return {**(base if base is not None else task.get("files", {})), **changed} if changed else None
+
+
 async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
                          generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
-                         shaping: RewardConfig | None = None) -> Trajectory:
+                         shaping: RewardConfig | None = None, specs=None) -> Trajectory:
     """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
-    render(html) -> RenderResult; critique(CritiqueRequest) -> Critique."""
+    render(RenderRequest) -> RenderResult; critique(CritiqueRequest) -> Critique; specs(task, files) -> SpecReport
+    for a task with files and specs (Web-Bench), whose pages are file sets ({path: text}) instead of one html."""
     revision, shaping = revision or RevisionConfig(), shaping or RewardConfig()
     traj = Trajectory(task["id"], group_id, task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
     checklist = list(task.get("checklist") or [])
+    request = task.get("web_bench", {}).get("description", task["prompt"])  # what the critic reads as the task
     traj.token_ids, traj.loss_mask, traj.logprobs = list(prompt_ids), [0] * len(prompt_ids), [0.0] * len(prompt_ids)
 
     async def judge(c: Completion, turn: int, html: str | None, kind: str, note: str):
         """Render and critique the page a reply asks for (html None: it asked for none)."""
-        fmt = format_score(c.text) if kind == "page" else edits_format_score(c.text, best_html)
+        fmt = format_score(c.text) if kind == "page" else float(bool(extract_files(c.text))) if kind == "files" \
+            else edits_format_score(c.text, best_html)
         made = lambda score, valid, reason, feedback: Attempt(turn, c.text, score, valid, reason, False, feedback,
                                                               len(c.token_ids), c.version, kind, fmt)
+        files = html if isinstance(html, dict) else None
+        if files is not None:
+            html = files.get("index.html")
         if html is None:
-            return made(0.0, False, "no_html" if kind == "page" else note,
+            return made(0.0, False, "no_html" if kind != "edits" else note,
                         "No ```html code block was found in the reply: answer with the whole page in one ```html "
-                        "block." if kind == "page" else f"The reply changed nothing ({note})."), None, None
+                        "block." if kind == "page" else ASK["files"] if kind == "files"
+                        else f"The reply changed nothing ({note})."), None, None
         t = time.perf_counter()
-        page = await render(html)
+        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != "index.html"})
+                            if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic
             return made(0.0, False, page.reason, f"The page did not render: {page.reason} ({page.detail}). Fix it "
-                        f"so the page loads and shows its content."), page, html
+                        f"so the page loads and shows its content."), page, files if files is not None else html
         t = time.perf_counter()
-        verdict = await critique(CritiqueRequest(task["prompt"], html, checklist, page.screenshots, page.shot_times,
+        verdict = await critique(CritiqueRequest(request, html, checklist, page.screenshots, page.shot_times,
                                                  page.dom, page.console_errors + page.page_errors))
         traj.timings_s["critic"] += time.perf_counter() - t
-        attempt = made(verdict.score, True, None, verdict.feedback)
-        attempt.checks = dict(verdict.checks)
-        return attempt, page, html
+        score, feedback, checks = verdict.score, verdict.feedback, dict(verdict.checks)
+        if files is not None and specs is not None:  # the task's own end-to-end tests join the verdict
+            t = time.perf_counter()
+            tests = await specs(task, files)
+            traj.timings_s["specs"] = traj.timings_s.get("specs", 0.0) + time.perf_counter() - t
+            score = judged_score(score, tests.fraction, shaping)
+            feedback, checks["tests"] = f"{feedback}\n{tests.feedback()}", tests.fraction
+        attempt = made(score, True, None, feedback)
+        attempt.checks = checks
+        return attempt, page, files if files is not None else html
 
     def take(c: Completion):
         traj.token_ids += c.token_ids
         traj.loss_mask += [1] * len(c.token_ids)
         traj.logprobs += c.logprobs
 
-    attempt, page, html = await judge(first, 0, extract_html(first.text), "page", "")
+    site = "files" in task  # a multi-file task: every reply writes files over the best file set so far
+    first_page = site_of(task, first.text, None) if site else extract_html(first.text)
+    attempt, page, html = await judge(first, 0, first_page, "files" if site else "page", "")
     attempt.accepted = True
     traj.attempts.append(attempt)
     traj.first_reward = reward(attempt.valid, attempt.score, attempt.fmt, shaping)
@@ -154,16 +180,18 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     for turn in range(1, cfg.max_turns):
         if best is None:  # unscorable: no feedback to revise from
             break
-        kind = "page" if best_html is None else revision.format  # nothing to edit yet: ask for a page
+        kind = "files" if site else "page" if best_html is None else revision.format  # nothing to edit: a page
         delta = conv.feedback_ids(task["prompt"], last, revision_message(
             critic_report(best, best_attempt.feedback), kind))
         context = traj.token_ids + delta
         for _ in range(cfg.max_resamples if cfg.forced_optimization else 1):
             t = time.perf_counter()
-            (candidate,) = await generate(context, sampling if kind == "page" else edit_sampling, 1)
+            (candidate,) = await generate(context, edit_sampling if kind == "edits" else sampling, 1)
             traj.timings_s["generate"] += time.perf_counter() - t
-            new, note = revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
-            attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else "page", note)
+            new, note = (site_of(task, candidate.text, best_html), "files") if site else \
+                revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
+            attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else
+                                              "files" if site else "page", note)
             traj.attempts.append(attempt)
             if accept_revision(attempt.score, best) or not cfg.forced_optimization:
                 attempt.accepted = True
@@ -188,7 +216,8 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
 
 
 async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
-                    revision: RevisionConfig | None = None, shaping: RewardConfig | None = None) -> list[Trajectory]:
+                    revision: RevisionConfig | None = None, shaping: RewardConfig | None = None,
+                    specs=None) -> list[Trajectory]:
     """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
     one waiting on its render or critique never blocks the others."""
     prompt_ids = conv.prompt_ids(task["prompt"])
@@ -197,7 +226,7 @@ async def run_group(task: dict, conv: Conversation, generate, render, critique, 
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
     trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg,
-                                                  revision, shaping) for g, c in enumerate(firsts)))
+                                                  revision, shaping, specs) for g, c in enumerate(firsts)))
     for tr in trajs:
         tr.timings_s["generate"] += gen_s
     return list(trajs)

@@ -49,13 +49,24 @@ class _AgentLoop:
         self.conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
+        self._spec_server = None  # started on the first task with specs (Web-Bench)
 
     async def rollout(self, task: dict, max_turns: int = 0) -> list:
         """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it;
         max_turns > 0 overrides rollout.max_turns (held-out evaluation runs one-shot)."""
         cfg = dataclasses.replace(self.cfg, max_turns=max_turns) if max_turns else self.cfg
         return await run_group(task, self.conv, self.sample, self.farm.render, self.critic.critique, cfg,
-                               self.revision, self.shaping)
+                               self.revision, self.shaping, self.check_specs if "web_bench" in task else None)
+
+    async def check_specs(self, task: dict, files: dict):
+        """The pass fraction of a Web-Bench task's own spec on a file set, on this worker's spec server (one Node
+        process, one Chromium, the config's short training timeouts)."""
+        from critic_service.specs import Project, SpecServer
+        if self._spec_server is None:
+            self._spec_server = await SpecServer().__aenter__()
+        info = task["web_bench"]
+        project = Project(info["project"])
+        return await self._spec_server.check(project, files, [project.spec(info["task"])], info["task"])
 
     def engine_stats(self) -> dict:
         """The engine's counts since the last call (engine calls, requests per call, requests waiting per call)."""

@@ -23,21 +23,9 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from launch.inference import EvalConfig, resolve, write_page  # noqa: E402
+from launch.inference import EvalConfig, done_rows, resolve, write_page  # noqa: E402
 
 ConfigStore.instance().store(name="eval_config", node=EvalConfig)
-
-
-def done_rows(path: Path) -> list[dict]:
-    """Rows already written (a line cut off by a crash is dropped, so its task runs again)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"evaluate: ignoring a partial line in {path}", file=sys.stderr)
-    return rows
 
 
 class Sink:
@@ -159,6 +147,15 @@ def _ray_up(cfg: EvalConfig) -> bool:
 def main(dcfg: DictConfig) -> None:
     cfg, _ = resolve(dcfg)
     from launch.tasks import load
+    if cfg.data.source == "web-bench":  # the benchmark's own protocol: sequential tasks judged by its specs
+        from launch.web_bench import evaluate
+        try:
+            summary = evaluate(cfg)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"evaluate: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps(summary["overall"]), flush=True)
+        return
     try:
         tasks = load(cfg.data.source, cfg.data.path, cfg.data.limit)
     except (FileNotFoundError, ValueError) as e:

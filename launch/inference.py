@@ -2,6 +2,7 @@
 engine, a Chromium renderer, the critic or none), plus writing a page and its screenshots to disk."""
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,3 +133,15 @@ def write_page(res: EditResult, page: Path, shots_dir: Path, shot_prefix: str) -
         shots.append(shots_dir / f"{shot_prefix}{k}.png")
         shots[-1].write_bytes(png)
     return shots
+
+
+def done_rows(path: Path) -> list[dict]:
+    """Rows already written (a line cut off by a crash is dropped, so its task runs again)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"evaluate: ignoring a partial line in {path}", file=sys.stderr)
+    return rows

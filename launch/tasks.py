@@ -72,21 +72,17 @@ def webgen(path: str) -> list[dict]:
 
 
 def web_bench(path: str) -> list[dict]:
-    """Web-Bench: the `init` task of each project. path is a projects folder (each <project>/tasks.jsonl) or one
-    project's tasks.jsonl."""
-    what = "Web-Bench (<project>/tasks.jsonl rows with 'id', 'description'; the 'init' row is used)"
-    files = [Path(path)] if os.path.isfile(path) else sorted(Path(path).glob("*/tasks.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"{what}: no tasks.jsonl at or under {path!r}")
+    """Web-Bench for training: per project, its `init` task from no files (judged by init.spec) and task-1 from
+    src-init (judged by task-1.spec), each carrying its files and specs so the reward can run them
+    (reward.tests_weight). Evaluation runs the benchmark's own protocol instead (launch/web_bench.py)."""
+    from launch.web_bench import projects, read_files, task_prompt
     tasks = []
-    for f in files:
-        rows = _rows(str(f), what)
-        for r in rows:
-            _need(r, ("id", "description"), what, str(f))
-        init = next((r for r in rows if r["id"] == "init"), None)
-        if init is None:
-            raise ValueError(f"{what}: {f} has no 'init' task")
-        tasks.append({"id": f.parent.name, "prompt": init["description"], "checklist": [], "category": init.get("level")})
+    for p in projects(path):
+        for n, files in ((0, {}), (1, read_files(p.dir / "src-init"))):
+            t = p.tasks[n]
+            tasks.append({"id": f"{p.name}/{t['id']}", "prompt": task_prompt(t["description"], files), "checklist": [],
+                          "category": t.get("level"), "files": files,
+                          "web_bench": {"project": str(p.dir), "task": n, "description": t["description"]}})
     return tasks
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import mimetypes
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +26,8 @@ from .result import RenderRequest, RenderResult
 _CLOCK_JS = resources.files(__package__).joinpath("page_clock.js").read_text()
 _DOM_JS = resources.files(__package__).joinpath("dom_summary.js").read_text()
 _MAX_MESSAGES = 50
+_SITE_LOAD_S = 3.0  # a multi-file page's load event, awaited at most this long
+_SITES = itertools.count()  # multi-file pages get origins page0.relook.invalid, page1...
 _LOADED_JS = ("() => document.readyState === 'complete' || new Promise(done => "
               "addEventListener('load', () => done(true), {once: true}))")
 _ADVANCE_JS = ("async ms => { const r = window.__relook; if (!r) return true; "
@@ -42,10 +46,13 @@ class _Slot:
     page_errors: list[str] = field(default_factory=list)
     blocked: int = 0
     navigated_to: str | None = None  # the page tried to leave its document
+    site: dict[str, str] | None = None  # a multi-file page being rendered: {url: text}, served from memory
+    entry: str | None = None  # its index.html's URL, until the page has loaded it
 
     def reset(self) -> None:
         self.crashed = asyncio.Event()
         self.console_errors, self.page_errors, self.blocked, self.navigated_to = [], [], 0, None
+        self.site = self.entry = None
 
 
 async def _evaluate(page: Page, expression: str, arg=None):
@@ -116,7 +123,7 @@ class Renderer:
         viewport = tuple(req.viewport or (cfg.viewport_width, cfg.viewport_height))
         times = tuple(req.shot_times if req.shot_times is not None else cfg.shot_times)
         t0 = time.perf_counter()
-        if len(req.html.encode("utf-8", "surrogatepass")) > cfg.max_html_bytes:
+        if req.nbytes > cfg.max_html_bytes:
             return self._count(RenderResult(False, "too_large", shot_times=list(times),
                                             detail=f"html is over render.max_html_bytes={cfg.max_html_bytes}"))
         key = req.key(viewport, times, cfg.clock) if cfg.cache_mb else None
@@ -131,7 +138,7 @@ class Renderer:
                 f"{deadline_s:g} s deadline (render.concurrency={cfg.concurrency} pages were rendering)"))
         try:
             queued_s = time.perf_counter() - t0
-            result = await self._render_once(req.html, viewport, times, max(deadline_s - queued_s, 0.05))
+            result = await self._render_once(req.html, viewport, times, max(deadline_s - queued_s, 0.05), req.files)
         finally:
             self._slots.release()
         result.timings_ms["queue"] = round(queued_s * 1e3, 1)
@@ -145,7 +152,7 @@ class Renderer:
 
     # -- one page -------------------------------------------------------------------------------------------------
 
-    async def _render_once(self, html: str, viewport, times, deadline_s: float) -> RenderResult:
+    async def _render_once(self, html: str, viewport, times, deadline_s: float, files=None) -> RenderResult:
         """One page under one deadline that covers everything: opening a slot (a context and a page cost real
         browser time on a loaded machine), loading, the screenshots and the DOM summary."""
         t_start = time.perf_counter()
@@ -161,7 +168,7 @@ class Renderer:
                 out.reason, out.detail = "timeout", f"no page could be opened within {deadline_s:g} s"
                 return out
             slot = opening.result()
-            work = asyncio.ensure_future(self._load_and_shoot(slot, html, viewport, times, out))
+            work = asyncio.ensure_future(self._load_and_shoot(slot, html, viewport, times, out, files))
             waiters = [work, asyncio.ensure_future(slot.crashed.wait()), asyncio.ensure_future(gone.wait())]
             left = max(deadline_s - (time.perf_counter() - t_start), 0.0)
             done, _ = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -204,7 +211,7 @@ class Renderer:
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    async def _load_and_shoot(self, slot: _Slot, html: str, viewport, times, out: RenderResult) -> None:
+    async def _load_and_shoot(self, slot: _Slot, html: str, viewport, times, out: RenderResult, files=None) -> None:
         page, cdp = slot.page, slot.cdp
         if page.viewport_size != {"width": viewport[0], "height": viewport[1]}:
             await page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
@@ -214,8 +221,17 @@ class Renderer:
             await page.goto("about:blank")
         # Commit, then wait for the document ourselves, in one round trip: a page that navigates while parsing can
         # hang Playwright's "load" forever (the deadline bounds this wait).
-        await page.set_content(html, wait_until="commit")
-        await _evaluate(page, _LOADED_JS)
+        if files is None:
+            await page.set_content(html, wait_until="commit")
+        else:  # a file set: its own origin, new for every render (no storage shared with an earlier page)
+            origin = f"http://page{next(_SITES)}.relook.invalid"
+            slot.site = {f"{origin}/{name.lstrip('/')}": text for name, text in {**files, "index.html": html}.items()}
+            slot.entry = f"{origin}/index.html"
+            await page.goto(slot.entry, wait_until="commit")
+        try:
+            await asyncio.wait_for(_evaluate(page, _LOADED_JS), None if files is None else _SITE_LOAD_S)
+        except asyncio.TimeoutError:  # a served page that navigates while loading stops its own load: shoot it as is
+            pass
         loaded = time.perf_counter()
         out.timings_ms["load"] = round((loaded - t) * 1e3, 1)
         elapsed = 0.0
@@ -251,7 +267,7 @@ class Renderer:
             slot.blocked += 1
 
         def navigated(frame):
-            if frame == page.main_frame and frame.url != "about:blank":
+            if frame == page.main_frame and frame.url not in ("about:blank", slot.entry):
                 slot.navigated_to = slot.navigated_to or frame.url
 
         page.on("console", console)
@@ -263,11 +279,23 @@ class Renderer:
         page.on("dialog", lambda d: asyncio.ensure_future(d.dismiss()))
 
     async def _block(self, route) -> None:
-        """Every request a page makes is refused locally (the dead proxy stops what never reaches here)."""
+        """Every request a page makes is refused locally (the dead proxy stops what never reaches here), except a
+        multi-file page's requests for its own files, answered from memory."""
         try:
             slot = self._by_page.get(route.request.frame.page)
         except Exception:  # worker requests have no frame
             slot = None
+        url = route.request.url.split("#")[0].split("?")[0]
+        if slot is not None and slot.site is not None and url.startswith(slot.entry.rsplit("/", 1)[0] + "/"):
+            if route.request.is_navigation_request() and url != slot.entry:
+                slot.blocked += 1  # the one document it may load is its index.html
+                await route.fulfill(status=204)
+                return
+            text = slot.site.get(url if not url.endswith("/") else url + "index.html")
+            kind = mimetypes.guess_type(url)[0] or "application/octet-stream"
+            await route.fulfill(status=200 if text is not None else 404, body=text or "",
+                                content_type=f"{kind}; charset=utf-8" if text is not None else "text/plain")
+            return
         if slot is not None:
             slot.blocked += 1
         if route.request.is_navigation_request():

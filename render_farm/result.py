@@ -15,11 +15,16 @@ class RenderRequest:
     viewport: tuple[int, int] | None = None  # (width, height); None = the renderer's default
     shot_times: tuple[float, ...] | None = None  # seconds after load; None = the renderer's default
     deadline_s: float | None = None  # None = the renderer's default
+    files: dict[str, str] | None = None  # a multi-file page: its other files ({path: text}), served with html as index.html
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(t.encode("utf-8", "surrogatepass")) for t in [self.html, *(self.files or {}).values()])
 
     def key(self, viewport: tuple[int, int], shot_times: tuple[float, ...], clock: str) -> str:
         """Dedup-cache key: identical page, viewport, schedule and clock give an identical render."""
         h = hashlib.sha256(self.html.encode("utf-8", "surrogatepass"))
-        h.update(json.dumps([list(viewport), list(shot_times), clock]).encode())
+        h.update(json.dumps([list(viewport), list(shot_times), clock, sorted((self.files or {}).items())]).encode())
         return h.hexdigest()
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian machine (as root) or re-check an existing one.
-# Installs Debian's chromium if missing, creates .venv at the repository root and installs the project into it.
+# Installs Debian's chromium (and nodejs/npm) if missing, creates .venv at the repository root and installs the project
+# into it, and installs the Web-Bench spec runner's pinned Node packages (critic_service/node/package-lock.json).
 # Idempotent: a second run only compares a stamp and returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,25 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Debian's chromium" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# Node runs Web-Bench's own Playwright specs (critic_service/specs.py); Debian's Chromium is its browser (no download).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: node/npm are missing; run as root or 'sudo apt-get install -y nodejs npm'" >&2; exit 1
+  fi
+  echo "setup: installing Debian's nodejs and npm" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || \
+  echo "setup: warning: node $(node --version) is older than @playwright/test 1.65 supports (>= 20)" >&2
+node_stamp=critic_service/node/node_modules/.relook-installed
+node_want=$(cat critic_service/node/package-lock.json | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  echo "setup: installing the spec runner's Node packages (npm ci, pinned by package-lock.json)" >&2
+  (cd critic_service/node && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$node_want" > "$node_stamp"
 fi
 
 PY=${PYTHON:-python3}

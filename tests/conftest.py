@@ -98,3 +98,13 @@ def taught_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("taught")
     _teach(path)
     return str(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (full sweeps) run only when asked for: `pytest -m slow`."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -6,7 +6,7 @@ import pytest
 from actors.config import RolloutConfig
 from actors.engine import Batcher, Completion, HFEngine, Sampling
 from actors.revision import extract_html
-from actors.reward import RewardConfig, edits_format_score, format_score, reward
+from actors.reward import RewardConfig, edits_format_score, format_score, judged_score, reward
 from actors.rollout import Attempt, Conversation, accept_revision, run_trajectory
 from render_farm.result import RenderResult
 
@@ -67,7 +67,12 @@ def test_reward_and_unscorable():
     assert reward(True, None, 1.0, RewardConfig()) == 0.0
     shaped = RewardConfig(score_scale=10, format_weight=0.5, invalid=-1.0)
     assert reward(True, 8.0, 0.5, shaped) == pytest.approx(1.05) and reward(False, 8.0, 1.0, shaped) == -1.0
-    assert shaped.formula() == ("reward = score/10 + 0.5 x format if the final page renders and is scored, else -1")
+    assert shaped.formula() == ("reward = score/10 + 0.5 x format if the final page renders and is scored, else -1; "
+                                "with specs (Web-Bench): score = 0.5 x critic + 0.5 x 100 x specs passed")
+    # Web-Bench: the task's own specs share the score; an unscorable page stays unscorable
+    tests = RewardConfig(tests_weight=0.25)
+    assert judged_score(80.0, 0.5, tests) == pytest.approx(0.75 * 80 + 0.25 * 50)
+    assert judged_score(None, 1.0, tests) is None and judged_score(80.0, None, tests) == 80.0
     with pytest.raises(ValueError, match=r"reward.score_scale=0 is invalid: expected > 0"):
         RewardConfig(score_scale=0).validate()
 

@@ -26,12 +26,15 @@ def test_webgen_and_web_bench_loaders_on_the_bundled_data(data_dir):
     webgen = tasks.load("webgen")
     assert len(webgen) == 101 and all(t["prompt"] and t["checklist"] for t in webgen)
     assert tasks.load("webgen", limit=3) == webgen[:3]
-    web = tasks.load("web-bench")
-    assert sorted(t["id"] for t in web) == WEB_BENCH_PROJECTS and all(t["prompt"].strip() for t in web)
-    calc = next(t for t in web if t["id"] == "calculator")
+    web = tasks.load("web-bench")  # per project: init from no files, task-1 from src-init, each with its specs
+    assert sorted(t["id"] for t in web) == sorted(f"{p}/{t}" for p in WEB_BENCH_PROJECTS for t in ("init", "task-1"))
+    calc = next(t for t in web if t["id"] == "calculator/init")
     assert "calculator" in calc["prompt"] and "display" in calc["prompt"]  # the init task's description
+    assert calc["web_bench"]["task"] == 0 and calc["files"] == {}
+    dom1 = next(t for t in web if t["id"] == "dom/task-1")
+    assert dom1["files"].keys() == {"index.html", "index.js", "index.css"} and "```js index.js" in dom1["prompt"]
     one = tasks.load("web-bench", str(data_dir / "web-bench" / "flex" / "tasks.jsonl"))
-    assert [t["id"] for t in one] == ["flex"]
+    assert [t["id"] for t in one] == ["flex/init", "flex/task-1"]
 
 
 def test_artifactsbench_loader_reads_json_arrays_and_jsonl(tmp_path):
@@ -141,11 +144,11 @@ def test_evaluate_generates_on_rollout_workers_when_a_ray_cluster_is_up(tmp_path
     assert env_start.returncode == 0, env_start.stderr[-2000:]
     try:
         out = tmp_path / "eval"
-        res = script("evaluate", *TINY, "data=web-bench", "data.limit=2", "ray=auto", "workers=2", "progress=false",
+        res = script("evaluate", *TINY, "data=webgen", "data.limit=2", "ray=auto", "workers=2", "progress=false",
                      f"out={out}")
         assert res.returncode == 0, res.stderr[-2000:]
         rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-        assert sorted(r["id"] for r in rows) == ["bom", "calculator"] and all(r["score"] == 0.0 for r in rows)
+        assert sorted(r["id"] for r in rows) == ["000001", "000002"] and all(r["score"] == 0.0 for r in rows)
         assert "on 2 rollout worker(s)" in res.stdout
     finally:
         stop_ray_session(temp_dir)

@@ -1,0 +1,151 @@
+"""Web-Bench end to end: multi-file answers and renders, the official spec runner, the training spec server (same
+verdicts), the specs as part of the reward, and the benchmark's protocol in launch/evaluate.py."""
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from actors.engine import Completion
+from actors.revision import extract_files
+from actors.reward import RewardConfig
+from actors.rollout import run_trajectory
+from critic_service.service import HeuristicBackend
+from critic_service.specs import Project, SpecServer, official_check
+from launch.web_bench import read_files, task_prompt
+from render_farm.renderer import Renderer
+from render_farm.result import RenderRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECTS = ["bom", "calculator", "calculator-files", "dom", "dom1", "esmodule", "flex", "float", "form", "grid",
+            "survey", "table"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_reply_with_several_fenced_files_becomes_a_file_set():
+    reply = ("index.html:\n```html\n<script type=module src=index.js></script>\n```\n"
+             "```js src/index.js\nexport const x = 1\n```\n**common/a.css**\n```css\nbody{}\n```\n"
+             "```js ../../etc/x.js\nnope\n```\n```python\nprint(1)\n```")
+    assert extract_files(reply) == {"index.html": "<script type=module src=index.js></script>\n",
+                                    "index.js": "export const x = 1\n", "common/a.css": "body{}\n"}
+    assert extract_files("```html\n<h1>one page</h1>\n```") == {"index.html": "<h1>one page</h1>\n"}
+    assert extract_files("no code at all") == {}
+
+
+def test_a_file_set_renders_under_one_origin_and_reaches_nothing_else(data_dir):
+    src = read_files(data_dir / "web-bench" / "dom" / "src")
+    html = src.pop("index.html")
+    hostile = {"a.js": "fetch('http://198.18.0.1/x'); document.body.append('module ran'); location.href = '/b.html'",
+               "b.html": "<h1>elsewhere</h1>"}
+
+    async def go():
+        async with Renderer() as r:
+            full = await r.render(RenderRequest(html, files=src))  # ES modules, relative CSS, built by JS
+            site = {"style.css": "body { background: rgb(10, 80, 40) }", "m.js": "import {x} from './lib/x.js';"
+                    " document.body.append(x)", "lib/x.js": "export const x = 'from a nested module'"}
+            alone = await r.render(RenderRequest('<link rel=stylesheet href=style.css><h1>Site</h1>'
+                                                 '<script type=module src=m.js></script>', files=site))
+            bad = await r.render(RenderRequest('<script type=module>import "./a.js"</script><p>hi</p>', files=hostile))
+            return full, alone, bad
+    full, alone, bad = run(go())
+    assert full.valid and full.dom["counts"]["buttons"] >= 5 and not full.page_errors, full.detail
+    assert "from a nested module" in alone.dom["text"] and not alone.console_errors, alone.console_errors
+    assert alone.dom["colors"]["body_bg"] == "rgb(10, 80, 40)", alone.dom["colors"]  # the relative stylesheet
+    assert bad.valid and "module ran" in bad.dom["text"] and "elsewhere" not in bad.dom["text"]
+    assert bad.blocked_requests >= 2  # the fetch and the navigation
+
+
+def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(data_dir, tmp_path):
+    """`launch/web_bench.py check` with @playwright/test, the project's own config, Debian's Chromium."""
+    project = data_dir / "web-bench" / "calculator-files"
+    done = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(project), "--files",
+                           str(project / "src"), "--task", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    ref = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and ref["failed"] == 0 and ref["total"] == ref["passed"] > 40, ref
+    start = official_check(Project(project), project / "src-init", 1)
+    assert start.failed > 0 and start.passed > 0 and start.error is None  # init passes, task-1 does not yet
+    assert all(f["spec"] == "task-1.spec.js" for f in start.failures)
+    bad = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(tmp_path), "--files",
+                          str(tmp_path), "--task", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a Web-Bench project" in bad.stderr
+
+
+def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
+    project = Project(data_dir / "web-bench" / project_name)
+
+    async def fast():
+        async with SpecServer() as s:
+            return await s.check(project, project.dir / folder, project.specs_up_to(task), task, production=True)
+    quick, official = run(fast()), official_check(project, project.dir / folder, task, production=True)
+    assert quick.error is None and official.error is None, (quick.error, official.error)
+    assert (quick.passed, quick.failed, quick.total) == (official.passed, official.failed, official.total)
+    assert sorted(f["title"] for f in quick.failures) == sorted(f["title"] for f in official.failures)
+    return quick
+
+
+@pytest.mark.parametrize("name", ["grid", "esmodule"])
+def test_the_spec_server_gives_the_official_verdicts(name, data_dir):
+    ref = _same_verdicts(name, data_dir, 20, "src")
+    assert ref.failed == 0
+    start = _same_verdicts(name, data_dir, 2, "src-init")
+    assert start.failed > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PROJECTS)
+def test_every_bundled_reference_passes_and_the_spec_server_agrees(name, data_dir):
+    assert _same_verdicts(name, data_dir, 20, "src").failed == 0
+    _same_verdicts(name, data_dir, 1, "src-init")
+
+
+def test_the_specs_join_the_reward_and_the_feedback_in_training(data_dir):
+    """A Web-Bench task in the rollout: the page is a file set, its task's spec runs on the spec server, the score
+    blends critic and tests (reward.tests_weight), and the failing assertions reach the next revision."""
+    from launch.tasks import web_bench
+    task = next(t for t in web_bench(str(data_dir / "web-bench" / "calculator")) if t["id"] == "calculator/init")
+    reference = (data_dir / "web-bench" / "calculator" / "src" / "index.html").read_text()
+    good = Completion([1], [-1.0], f"```html index.html\n{reference}\n```", True)
+    broken = Completion([1], [-1.0], "```html index.html\n<html><body><h1>Calculator</h1><input id=display>"
+                                     "<button>1</button></body></html>\n```", True)
+    critic = HeuristicBackend()
+    shaping = RewardConfig(tests_weight=0.5)
+
+    async def go():
+        async with Renderer() as r, SpecServer() as s:
+            async def specs(t, files):
+                p = Project(t["web_bench"]["project"])
+                return await s.check(p, files, [p.spec(t["web_bench"]["task"])], t["web_bench"]["task"])
+            cfg = __import__("actors.config", fromlist=["RolloutConfig"]).RolloutConfig(max_turns=1)
+            out = []
+            for c in (good, broken):
+                out.append(await run_trajectory(task, 0, c, [5], None, None, r.render, critic.critique, cfg,
+                                                shaping=shaping, specs=specs))
+            return out
+    ok, bad = run(go())
+    assert ok.final_checks["tests"] == 1.0 and bad.final_checks["tests"] < 0.5
+    assert ok.reward > bad.reward > 0
+    assert "tests fail" in bad.attempts[0].feedback and "check all buttons" in bad.attempts[0].feedback
+    assert task["files"] == {} and "Task: generate a calculator" in task["prompt"]
+    assert task_prompt("do it", {"a.js": "x"}).count("```js a.js") == 1
+
+
+def test_evaluate_runs_the_web_bench_protocol_and_resumes(tmp_path, data_dir):
+    """The tiny random model writes no file: task-1 fails twice (pass@2 false), the project stops there."""
+    out = tmp_path / "wb"
+    args = [sys.executable, "launch/evaluate.py", "model=tiny", "critic=heuristic", "data=web-bench",
+            f"data.path={data_dir / 'web-bench' / 'flex'}", "self_edit.max_new_tokens=16", "progress=false",
+            "ray=off", f"out={out}"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"] == {"projects": 1, "tasks": 20, "pass@1": 0.0, "pass@2": 0.0, "error@1": 1.0}
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["flex/task-1"] and len(rows[0]["attempts"]) == 2
+    assert rows[0]["attempts"][0]["failed"] > 0 and "task-1" in (out / "report.html").read_text()
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 1
