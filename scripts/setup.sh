@@ -24,8 +24,8 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
-node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || \
-  echo "setup: warning: node $(node --version) is older than @playwright/test 1.65 supports (>= 20)" >&2
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' || \
+  echo "setup: warning: node $(node --version) is older than @playwright/test 1.56 supports (>= 18)" >&2
 node_stamp=critic_service/node/node_modules/.relook-installed
 node_want=$(cat critic_service/node/package-lock.json | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
