@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -108,8 +109,9 @@ class Project:
         """What upstream runs for task N: init.spec and task-1 ... task-N (those that exist)."""
         return [s for s in (self.spec(i) for i in range(task + 1)) if (self.dir / s).is_file()]
 
+    @functools.cached_property
     def workspace(self) -> dict[str, str]:
-        """Packages declared as `workspace:*`, found by name in a `_lib/` folder above the project."""
+        """Packages declared as `workspace:*`, found by name in a `_lib/` folder above the project (looked up once)."""
         wanted = {n for n, v in self._declared().items() if str(v).startswith("workspace:")}
         found = {}
         for parent in self.dir.parents:
@@ -130,6 +132,12 @@ class Project:
         have = node_modules()
         return {n: v for n, v in self._declared().items()
                 if not str(v).startswith("workspace:") and not (have / n / "package.json").is_file()}
+
+
+@functools.lru_cache(maxsize=None)
+def project_at(folder: str) -> Project:
+    """The Project of a folder, read once per process (a training worker checks the same projects over and over)."""
+    return Project(folder)
 
 
 def node_modules() -> Path:
@@ -178,7 +186,7 @@ def _link_modules(dest: Path, project: Project) -> None:
                         (nm / entry.name / sub.name).symlink_to(sub)
             elif not (nm / entry.name).exists():
                 (nm / entry.name).symlink_to(entry)
-    for name, folder in project.workspace().items():
+    for name, folder in project.workspace.items():
         shutil.copytree(folder, nm / name, symlinks=True)
 
 
@@ -293,7 +301,7 @@ class SpecServer:
                 else:
                     shutil.copytree(files, work / "src")
                 req = {"id": self._n, "project": str(work), "root": str(work / "src"), "specs": specs,
-                       "production": production, "modules": project.workspace(), "search": extra_modules(project),
+                       "production": production, "modules": project.workspace, "search": extra_modules(project),
                        "parallel": self.parallel}
                 self.proc.stdin.write((json.dumps(req) + "\n").encode())
                 await self.proc.stdin.drain()

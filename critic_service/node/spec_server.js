@@ -180,7 +180,7 @@ async function lease(lane, use, baseURL, br, cfg) {
   const options = { ...contextOptions(use), baseURL }
   const { viewport, ...rest } = options
   const key = JSON.stringify(rest)
-  if (lane.context && lane.key === key && !lane.page.isClosed() && !process.env.RELOOK_NO_REUSE) {
+  if (lane.context && lane.key === key && !lane.page.isClosed()) {
     try {
       await lane.page.unrouteAll({ behavior: 'ignoreErrors' })
       for (const ev of LISTENED) { lane.page.removeAllListeners(ev); lane.context.removeAllListeners(ev) }
