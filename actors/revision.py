@@ -58,6 +58,13 @@ _BLOCK = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)(?:```|\Z)", re.S)
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w.-]+\.(?:html?|css|m?js|json|svg|txt|md))\b", re.I)
 
 
+def entry_page(files: dict[str, str]) -> str | None:
+    """The page to open of a file set: index.html, else its first top-level .html file (Web-Bench's survey starts
+    at design.html); None when it has no page."""
+    pages = sorted(n for n in files if n.endswith(".html") and "/" not in n)
+    return "index.html" if "index.html" in files else (pages[0] if pages else None)
+
+
 def extract_files(text: str, default: str = "index.html") -> dict[str, str]:
     """A multi-file answer: every fenced block that names its path (```js index.js, or a line just above the fence
     such as `index.js:` or `**common/util.js**`) -> {path: text}. An unnamed ```html block, or with no named file

@@ -27,11 +27,15 @@ class RewardConfig:
     format_weight: float = 0.1  # weight of the format score (1: one ```html block with a whole document, or every edit applied)
     invalid: float = 0.0  # reward of a trajectory whose final page does not render or cannot be scored (ReLook: 0)
     tests_weight: float = 0.5  # on tasks with specs (Web-Bench): the share of the score given by the pass fraction of the task's own specs
+    spec_lanes: int = 4  # a spec check runs this many of its tests at once (a failing test mostly waits; fullyParallel projects only)
+    spec_wait_ms: int = 500  # a spec's assertion or action waits at most this long in training (the config's own if shorter; 0 = the config's)
 
     def validate(self) -> "RewardConfig":
         return check("reward", self, [("score_scale", self.score_scale > 0, "> 0"),
                                       ("format_weight", self.format_weight >= 0, ">= 0"),
-                                      ("tests_weight", 0 <= self.tests_weight <= 1, "in [0, 1]")])
+                                      ("tests_weight", 0 <= self.tests_weight <= 1, "in [0, 1]"),
+                                      ("spec_lanes", self.spec_lanes >= 1, "an integer >= 1"),
+                                      ("spec_wait_ms", self.spec_wait_ms >= 0, "milliseconds >= 0 (0 = the config's)")])
 
     def formula(self) -> str:
         return (f"reward = score/{self.score_scale:g} + {self.format_weight:g} x format if the final page renders "

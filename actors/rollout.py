@@ -20,7 +20,8 @@ from .config import RolloutConfig
 from .engine import Completion, Sampling
 from render_farm.result import RenderRequest
 
-from .revision import ASK, RevisionConfig, critic_report, extract_files, extract_html, revise, revision_message
+from .revision import (ASK, RevisionConfig, critic_report, entry_page, extract_files, extract_html, revise,
+                       revision_message)
 from .reward import RewardConfig, edits_format_score, format_score, judged_score, reward
 
 
@@ -136,14 +137,14 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
                                                               len(c.token_ids), c.version, kind, fmt)
         files = html if isinstance(html, dict) else None
         if files is not None:
-            html = files.get("index.html")
+            html = files.get(entry_page(files) or "index.html")
         if html is None:
             return made(0.0, False, "no_html" if kind != "edits" else note,
                         "No ```html code block was found in the reply: answer with the whole page in one ```html "
                         "block." if kind == "page" else ASK["files"] if kind == "files"
                         else f"The reply changed nothing ({note})."), None, None
         t = time.perf_counter()
-        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != "index.html"})
+        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry_page(files)})
                             if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic

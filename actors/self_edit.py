@@ -93,12 +93,14 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
         res.timings_s[stage] += time.perf_counter() - t
         return out
 
-    async def judge(html: str | None, page: RenderResult | None) -> Critique:
+    async def judge(html: str | None, page: RenderResult | None, reply: str = "") -> Critique:
         if page is None or not page.valid:  # strict zero for an invalid render, no critic call
             return Critique(0.0, farm_report(page), backend="render")
+        # a judge that reads the whole answer (ArtifactsBench) gets the reply when it is the page, else the page
+        answer = reply if reply and extract_html(reply) == html else ""
         return await timed("critic", critique(CritiqueRequest(
             task["prompt"], html, list(task.get("checklist") or []), page.screenshots, page.shot_times, page.dom,
-            page.console_errors + page.page_errors)))
+            page.console_errors + page.page_errors, answer)))
 
     page_sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
@@ -107,7 +109,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
     context = context + last.token_ids
     html = extract_html(last.text)
     page = await timed("render", render(html)) if html is not None else None
-    verdict = await judge(html, page) if in_loop else None
+    verdict = await judge(html, page, last.text) if in_loop else None
     res.tokens = len(last.token_ids)
     res.history.append({"round": 0, "kind": "page", "accepted": True, "tokens": len(last.token_ids),
                         "valid": bool(page and page.valid), "score": verdict and verdict.score, "note": "first page"})
@@ -138,7 +140,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                     break
                 continue
             if in_loop:
-                new_verdict = await judge(new, new_page)
+                new_verdict = await judge(new, new_page, reply.text)
                 row["score"] = new_verdict.score
                 row["accepted"] = accept_revision(new_verdict.score, verdict.score)
             else:
@@ -155,7 +157,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
             kept.append((html, page))
     res.latency_s = time.perf_counter() - t_start
     if critique is not None and verdict is None:
-        verdict = await judge(html, page)
+        verdict = await judge(html, page, last.text)
     if cfg.score_rounds and critique is not None:
         res.round_scores = await score_rounds(kept, cfg.rounds, judge, verdict)
     res.html, res.page, res.reply = html, page, last.text

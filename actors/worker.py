@@ -60,10 +60,10 @@ class _AgentLoop:
 
     async def check_specs(self, task: dict, files: dict):
         """The pass fraction of a Web-Bench task's own spec on a file set, on this worker's spec server (one Node
-        process, one Chromium, the config's short training timeouts)."""
+        process, one Chromium, the config's short training timeouts capped at reward.spec_wait_ms)."""
         from critic_service.specs import SpecServer, project_at
         if self._spec_server is None:
-            self._spec_server = await SpecServer().__aenter__()
+            self._spec_server = await SpecServer(self.shaping.spec_lanes, self.shaping.spec_wait_ms).__aenter__()
         info = task["web_bench"]
         project = project_at(info["project"])
         return await self._spec_server.check(project, files, [project.spec(info["task"])], info["task"])

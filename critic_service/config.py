@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from common.checks import check
 
 BACKENDS = ("heuristic", "openai")
+JUDGES = ("relook", "artifactsbench")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class CriticConfig:
     temperature: float = 0.0  # sampling temperature of the critic
     max_reply_tokens: int = 512  # the critic's reply budget
     max_code_tokens: int = 3000  # the page's code is truncated to about this many tokens in the prompt
+    judge: str = "relook"  # openai backend's prompt: "relook" (score + feedback for revisions) or "artifactsbench" (the benchmark's own judge)
+    artifactsbench_repo: str | None = None  # a checkout of ArtifactsBenchmark; judge=artifactsbench reads its prompt from there
 
     def validate(self) -> "CriticConfig":
         checks = [
@@ -40,5 +43,8 @@ class CriticConfig:
             ("max_images", self.max_images >= 1, "an integer >= 1"),
             ("requests_per_minute", self.requests_per_minute >= 0, ">= 0 (0 = unlimited)"),
             ("tokens_per_minute", self.tokens_per_minute >= 0, ">= 0 (0 = unlimited)"),
+            ("judge", self.judge in JUDGES, f"one of {list(JUDGES)}"),
+            ("artifactsbench_repo", self.judge != "artifactsbench" or bool(self.artifactsbench_repo),
+             "a checkout of the ArtifactsBenchmark repository (judge=artifactsbench reads its prompt there)"),
         ]
         return check("critic", self, checks)

@@ -26,10 +26,11 @@ class CritiqueRequest:
     shot_times: list[float] = field(default_factory=list)  # seconds after load; default 0, 1, 2, ...
     dom: dict = field(default_factory=dict)  # the render farm's DOM summary, when the caller has one
     errors: list[str] = field(default_factory=list)  # console and page errors from the render
+    answer: str = ""  # the model's whole reply, for judges that read it (ArtifactsBench's [answer]); "" = the page
 
     def key(self) -> str:
         """Cache key over everything the critic looks at."""
-        h = hashlib.sha256(json.dumps([self.task, self.checklist, self.html, self.shot_times]).encode())
+        h = hashlib.sha256(json.dumps([self.task, self.checklist, self.html, self.shot_times, self.answer]).encode())
         for png in self.screenshots:
             h.update(hashlib.sha256(png).digest())
         return h.hexdigest()
@@ -40,7 +41,7 @@ class CritiqueRequest:
     def to_json(self) -> dict:
         return {"task": self.task, "checklist": self.checklist, "html": self.html,
                 "screenshots": [base64.b64encode(s).decode() for s in self.screenshots],
-                "shot_times": self.shot_times, "dom": self.dom, "errors": self.errors}
+                "shot_times": self.shot_times, "dom": self.dom, "errors": self.errors, "answer": self.answer}
 
     @classmethod
     def from_json(cls, body: object) -> "CritiqueRequest":
@@ -76,7 +77,10 @@ class CritiqueRequest:
         errors = body.get("errors") or []
         if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
             raise BadRequest("field 'errors' must be a list of strings")
-        return cls(task, html, checklist, pngs, [float(t) for t in times], dom, errors)
+        answer = body.get("answer") or ""
+        if not isinstance(answer, str):
+            raise BadRequest("field 'answer' must be a string (the model's whole reply)")
+        return cls(task, html, checklist, pngs, [float(t) for t in times], dom, errors, answer)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The MLLM critic: any OpenAI-compatible chat-completions endpoint with vision (vLLM serving Qwen2.5-VL, a provider).
 
-Our prompt gives the task, checklist, the page's code (truncated) and the screenshots with their times, and asks for
-{"score": 0-100, "feedback": "..."}. Replies are parsed tolerantly; anything else is retried, then unscorable.
-Every call is bounded: the whole critique answers within about (retries + 1) x timeout.
+Our prompt (judge=relook) gives the task, checklist, the page's code (truncated) and the screenshots with their
+times, and asks for {"score": 0-100, "feedback": "..."}. Replies are parsed tolerantly; anything else is retried,
+then unscorable. judge=artifactsbench sends the benchmark's own prompt instead (`artifactsbench.py`).
+Every call is bounded: the whole critique answers within about attempts x timeout.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 
 import httpx
 
+from . import artifactsbench
 from .config import CriticConfig
 from .critique import Critique, CritiqueRequest
 
@@ -27,16 +29,30 @@ SYSTEM = ("You are a meticulous front-end reviewer. You judge a web page by its 
           "nothing moving where motion was asked for, unreadable text) and says how to fix each one in the code.")
 
 
+def _images(req: CritiqueRequest, cfg: CriticConfig, with_times: bool) -> list[dict]:
+    parts = []
+    for t, png in list(zip(req.times(), req.screenshots))[-cfg.max_images:]:
+        if with_times:
+            parts.append({"type": "text", "text": f"Screenshot at {t:g} s after load:"})
+        parts.append({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}})
+    return parts
+
+
+def build_judge_messages(req: CritiqueRequest, cfg: CriticConfig, judge: artifactsbench.Judge) -> list[dict]:
+    """ArtifactsBench's request: its system message; its template (checklist, question, whole answer), then the shots."""
+    answer = artifactsbench.answer_text(req.answer or f"```html\n{req.html}\n```")
+    text = judge.prompt(artifactsbench.checklist_text(req.checklist), req.task, answer)
+    return [{"role": "system", "content": judge.system},
+            {"role": "user", "content": [{"type": "text", "text": text}, *_images(req, cfg, with_times=False)]}]
+
+
 def build_messages(req: CritiqueRequest, cfg: CriticConfig) -> list[dict]:
     code = req.html if len(req.html) <= cfg.max_code_tokens * 4 else req.html[: cfg.max_code_tokens * 4] + "\n<!-- truncated -->"
     checklist = "\n".join(f"- {c}" for c in req.checklist) or "(none)"
     parts: list[dict] = [{"type": "text", "text": f"Task:\n{req.task}\n\nChecklist:\n{checklist}\n\nPage code:\n```html\n{code}\n```"}]
     if req.errors:
         parts.append({"type": "text", "text": "Errors while rendering:\n" + "\n".join(req.errors[:10])})
-    shots = list(zip(req.times(), req.screenshots))[-cfg.max_images:]
-    for t, png in shots:
-        parts.append({"type": "text", "text": f"Screenshot at {t:g} s after load:"})
-        parts.append({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}})
+    parts += _images(req, cfg, with_times=True)
     parts.append({"type": "text", "text": 'Score the page 0-100 and reply with {"score": ..., "feedback": "..."} only.'})
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": parts}]
 
@@ -130,15 +146,22 @@ class OpenAIBackend:
         self.requests = TokenBucket(cfg.requests_per_minute)
         self.tokens = TokenBucket(cfg.tokens_per_minute)
         self.errors: dict[str, int] = {}  # kind -> count, for /metrics
+        self.judge = artifactsbench.load_judge(cfg.artifactsbench_repo) if cfg.judge == "artifactsbench" else None
 
     async def critique(self, req: CritiqueRequest) -> Critique:
         cfg = self.cfg
-        messages = build_messages(req, cfg)
-        body = {"model": cfg.openai_model, "messages": messages, "temperature": cfg.temperature,
-                "max_tokens": cfg.max_reply_tokens}
-        deadline = time.monotonic() + (cfg.retries + 1) * cfg.timeout_s
+        attempts = cfg.retries + 1
+        if self.judge is None:
+            messages = build_messages(req, cfg)
+            body = {"model": cfg.openai_model, "messages": messages, "temperature": cfg.temperature,
+                    "max_tokens": cfg.max_reply_tokens}
+        else:  # the benchmark's settings: its temperature, no reply limit, asked again until a score is readable
+            messages = build_judge_messages(req, cfg, self.judge)
+            body = {"model": cfg.openai_model, "messages": messages, "temperature": artifactsbench.TEMPERATURE}
+            attempts = max(attempts, artifactsbench.ATTEMPTS)
+        deadline = time.monotonic() + attempts * cfg.timeout_s
         reason = "no_attempt"
-        for attempt in range(cfg.retries + 1):
+        for attempt in range(attempts):
             if attempt:
                 delay = cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
                 if time.monotonic() + delay >= deadline:
@@ -166,7 +189,11 @@ class OpenAIBackend:
             except (ValueError, KeyError, IndexError, TypeError):
                 reason = self._error("bad_response")
                 continue
-            parsed = parse_reply(text)
+            if self.judge is not None:
+                score = artifactsbench.overall_score(text)
+                parsed = None if score is None else (score, text.strip())
+            else:
+                parsed = parse_reply(text)
             if parsed is None:
                 reason = self._error("unparseable")
                 continue

@@ -257,10 +257,12 @@ def official_check(project: Project, files: str | Path, task: int, production: b
 
 class SpecServer:
     """`async with SpecServer() as s: report = await s.check(project, files, specs)`: many checks, one Node process
-    and one Chromium. Checks run one at a time (the browser is the bottleneck on a small machine)."""
+    and one Chromium, its contexts and web server warm from check to check. Checks run one at a time; inside a check
+    `parallel` tests run at once (each in its own context) when the project declares them independent
+    (fullyParallel), and outside production an assertion or action waits at most `wait_ms` (0: the config's own)."""
 
-    def __init__(self, parallel: int = 1):
-        self.parallel = parallel
+    def __init__(self, parallel: int = 1, wait_ms: int = 0):
+        self.parallel, self.wait_ms = parallel, wait_ms
         self.proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._n = 0
@@ -302,7 +304,7 @@ class SpecServer:
                     shutil.copytree(files, work / "src")
                 req = {"id": self._n, "project": str(work), "root": str(work / "src"), "specs": specs,
                        "production": production, "modules": project.workspace, "search": extra_modules(project),
-                       "parallel": self.parallel}
+                       "parallel": self.parallel, "wait_ms": self.wait_ms}
                 self.proc.stdin.write((json.dumps(req) + "\n").encode())
                 await self.proc.stdin.drain()
                 reply = await asyncio.wait_for(self._reply(self._n), timeout_s)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from actors.revision import ASK  # noqa: E402
+from actors.revision import ASK, entry_page as entry  # noqa: E402
+from actors.reward import RewardConfig  # noqa: E402
 from critic_service.specs import Project, SpecServer, official_check  # noqa: E402
 
 LANG = {".js": "js", ".mjs": "js", ".css": "css", ".html": "html", ".json": "json", ".svg": "svg"}
@@ -50,12 +51,6 @@ def projects(path: str = "", limit: int = 0) -> list[Project]:
         raise FileNotFoundError(f"Web-Bench: no project (a folder with playwright.config.js and test/) at or under {str(root)!r}")
     found = [Project(f) for f in folders]
     return found[:limit] if limit > 0 else found
-
-
-def entry(files: dict[str, str]) -> str | None:
-    """The page to render of a file set: index.html, else its first top-level .html file (survey: design.html)."""
-    pages = sorted(n for n in files if n.endswith(".html") and "/" not in n)
-    return "index.html" if "index.html" in files else (pages[0] if pages else None)
 
 
 def read_files(folder: Path) -> dict[str, str]:
@@ -235,37 +230,49 @@ def evaluate(cfg, max_tasks: int = 20) -> dict:
 
 # -- the scoring command and the cost benchmark ---------------------------------------------------------------------
 
-async def bench(projects: list[Project], repeats: int) -> dict:
-    """A training spec check (the task-1 spec on the spec server, training timeouts) against a render of the same
-    page (the render farm, cache off), side by side, on each project's starting and reference files."""
+async def bench(projects: list[Project], repeats: int, lanes: list[int], wait_ms: int) -> dict:
+    """A training spec check (the task-1 spec on the spec server, training timeouts capped at wait_ms) against a
+    render of the same page (the render farm, cache off), side by side, on each project's starting and reference
+    files; one spec server per lane count in `lanes` (tests run that many at once), so their costs compare in one run."""
+    import contextlib
     import statistics
 
     from render_farm.config import RenderConfig
     from render_farm.renderer import Renderer
     from render_farm.result import RenderRequest
     rows = []
-    async with Renderer(RenderConfig(cache_mb=0)) as renderer, SpecServer() as server:
+    async with contextlib.AsyncExitStack() as stack:
+        renderer = await stack.enter_async_context(Renderer(RenderConfig(cache_mb=0)))
+        servers = {n: await stack.enter_async_context(SpecServer(n, wait_ms)) for n in lanes}
         for p in projects:
             for folder in ("src-init", "src"):
                 files = read_files(p.dir / folder)
                 rest = {k: v for k, v in files.items() if k != entry(files)}
-                render_s, check_s, passed = [], [], None
+                render_s, check_s, passed = [], {n: [] for n in lanes}, {}
                 for _ in range(repeats):
                     t = time.perf_counter()
                     await renderer.render(RenderRequest(files[entry(files)], files=rest))
                     render_s.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    report = await server.check(p, files, [p.spec(1)], 1)
-                    check_s.append(time.perf_counter() - t)
-                    passed = f"{report.passed}/{report.total}"
-                r, c = statistics.median(render_s), statistics.median(check_s)
-                rows.append({"project": p.name, "files": folder, "render_ms": round(r * 1e3), "check_ms": round(c * 1e3),
-                             "ratio": round(c / r, 2), "task1_specs_passed": passed})
+                    for n, server in servers.items():
+                        t = time.perf_counter()
+                        report = await server.check(p, files, [p.spec(1)], 1)
+                        check_s[n].append(time.perf_counter() - t)
+                        passed[n] = f"{report.passed}/{report.total}"
+                r = statistics.median(render_s)
+                row = {"project": p.name, "files": folder, "render_ms": round(r * 1e3)}
+                for n in lanes:
+                    c = statistics.median(check_s[n])
+                    row[f"lanes{n}"] = {"check_ms": round(c * 1e3), "ratio": round(c / r, 2), "passed": passed[n]}
+                rows.append(row)
     med = statistics.median
-    return {"pages": len(rows), "render_ms_median": med(r["render_ms"] for r in rows),
-            "check_ms_median": med(r["check_ms"] for r in rows),
-            "ratio_of_medians": round(med(r["check_ms"] for r in rows) / med(r["render_ms"] for r in rows), 2),
-            "ratio_median": med(r["ratio"] for r in rows), "rows": rows}
+    out = {"pages": len(rows), "repeats": repeats, "wait_ms": wait_ms, "render_ms_median": med(r["render_ms"] for r in rows)}
+    for n in lanes:
+        checks = [r[f"lanes{n}"]["check_ms"] for r in rows]
+        out[f"lanes{n}"] = {"check_ms_median": med(checks), "ratio_median": med(r[f"lanes{n}"]["ratio"] for r in rows),
+                            "ratio_of_medians": round(med(checks) / out["render_ms_median"], 2),
+                            "same_verdicts_as_lanes1": all(r[f"lanes{n}"]["passed"] == r[f"lanes{lanes[0]}"]["passed"]
+                                                           for r in rows)}
+    return {**out, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,13 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--task", required=True, help="N: specs init, task-1 ... task-N (0 or 'init': init only)")
     c.add_argument("--fast", action="store_true", help="the training spec server instead of the official runner")
     c.add_argument("--training-timeouts", action="store_true",
-                   help="the config's short (non-production) timeouts, as training uses")
+                   help="training's timeouts: the config's short (non-production) ones; with --fast also training's "
+                        "reward.spec_wait_ms cap and reward.spec_lanes")
     b = sub.add_parser("bench", help="cost of a training spec check against a render of the same page; JSON")
     b.add_argument("--data", default="", help="a Web-Bench folder (default: the bundled projects)")
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--lanes", default=f"1,{RewardConfig.spec_lanes}",
+                   help="lane counts to compare (tests of a spec run at once), e.g. 1,2,4")
+    b.add_argument("--wait-ms", type=int, default=RewardConfig.spec_wait_ms,
+                   help="cap on an assertion's or action's wait (training's reward.spec_wait_ms; 0 = the config's)")
     args = ap.parse_args(argv)
     if args.cmd == "bench":
-        print(json.dumps(asyncio.run(bench(projects(args.data), args.repeats))))
+        print(json.dumps(asyncio.run(bench(projects(args.data), args.repeats, [int(n) for n in args.lanes.split(",")],
+                                          args.wait_ms))))
         return 0
     try:
         project = Project(args.project)
@@ -298,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     production = not args.training_timeouts
     if args.fast:
         async def fast():
-            async with SpecServer() as server:
+            lanes, wait = (RewardConfig.spec_lanes, RewardConfig.spec_wait_ms) if not production else (1, 0)
+            async with SpecServer(lanes, wait) as server:
                 return await server.check(project, args.files, project.specs_up_to(task), task, production)
         report = asyncio.run(fast())
     else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors.engine import Completion
-from actors.revision import extract_files
+from actors.revision import entry_page, extract_files
 from actors.reward import RewardConfig
 from actors.rollout import run_trajectory
 from critic_service.service import HeuristicBackend
@@ -35,6 +35,9 @@ def test_a_reply_with_several_fenced_files_becomes_a_file_set():
                                     "index.js": "export const x = 1\n", "common/a.css": "body{}\n"}
     assert extract_files("```html\n<h1>one page</h1>\n```") == {"index.html": "<h1>one page</h1>\n"}
     assert extract_files("no code at all") == {}
+    assert entry_page({"a.css": "", "index.html": "", "b.html": ""}) == "index.html"
+    assert entry_page({"survey.js": "", "design.html": "", "x/index.html": ""}) == "design.html"  # survey's start
+    assert entry_page({"index.js": ""}) is None
 
 
 def test_a_file_set_renders_under_one_origin_and_reaches_nothing_else(data_dir):
@@ -76,11 +79,13 @@ def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(dat
 
 
 def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
+    """The training check (spec server, short timeouts capped at reward.spec_wait_ms, reward.spec_lanes tests at
+    once) against the official runner with the benchmark's production timeouts: the same verdicts."""
     project = Project(data_dir / "web-bench" / project_name)
 
     async def fast():
-        async with SpecServer() as s:
-            return await s.check(project, project.dir / folder, project.specs_up_to(task), task, production=True)
+        async with SpecServer(RewardConfig.spec_lanes, RewardConfig.spec_wait_ms) as s:
+            return await s.check(project, project.dir / folder, project.specs_up_to(task), task, production=False)
     quick, official = run(fast()), official_check(project, project.dir / folder, task, production=True)
     assert quick.error is None and official.error is None, (quick.error, official.error)
     assert (quick.passed, quick.failed, quick.total) == (official.passed, official.failed, official.total)

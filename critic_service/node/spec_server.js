@@ -9,7 +9,7 @@
 //
 // Protocol: one JSON object per line on stdin
 //   {"id", "project": DIR, "root": DIR to serve, "specs": ["test/init.spec.js", ...], "production": bool,
-//    "modules": {"name": "path"}, "search": [node_modules dirs]}
+//    "modules": {"name": "path"}, "search": [node_modules dirs], "parallel": tests at once, "wait_ms": wait cap}
 // and one per line on stdout: {"id", "passed", "failed", "skipped", "total", "failures": [{spec, title, error}],
 // "ms"} or {"id", "error"}.
 'use strict'
@@ -134,7 +134,10 @@ async function getBrowser() {
   return browser
 }
 
-function loadConfig(project, production) {
+// waitMs > 0 (training) caps how long an assertion or an action waits for the page (never the test's own budget, nor
+// a navigation): on a loaded page what a spec expects is there at once or soon, and a failing test otherwise waits
+// the whole timeout for nothing. 0 keeps the config's timeouts (evaluation).
+function loadConfig(project, production, waitMs) {
   if (production) process.env.IS_EVAL_PRODUCTION = '1'
   else delete process.env.IS_EVAL_PRODUCTION
   const file = path.join(project, 'playwright.config.js')
@@ -142,7 +145,10 @@ function loadConfig(project, production) {
   current = { scope: newScope(null, '') } // a config that calls test.* by mistake does not crash the server
   const config = require(file)
   const use = { ...(config.use || {}), ...(((config.projects || [])[0] || {}).use || {}) }
-  return { use, fullyParallel: !!config.fullyParallel, timeout: config.timeout ?? 30000, expectTimeout: (config.expect || {}).timeout ?? 5000 }
+  const timeout = config.timeout ?? 30000
+  const expectTimeout = (config.expect || {}).timeout ?? 5000
+  const cap = (ms) => waitMs > 0 ? Math.min(ms, waitMs) : ms
+  return { use, fullyParallel: !!config.fullyParallel, timeout, actionTimeout: cap(timeout), expectTimeout: cap(expectTimeout) }
 }
 
 function forget(dir) { // a spec runs again on the next check: drop it (and its local helpers) from the cache
@@ -185,20 +191,21 @@ async function lease(lane, use, baseURL, br, cfg) {
       await lane.page.unrouteAll({ behavior: 'ignoreErrors' })
       for (const ev of LISTENED) { lane.page.removeAllListeners(ev); lane.context.removeAllListeners(ev) }
       lane.context.on('page', settlePopups)
-      for (const p of lane.context.pages()) if (p !== lane.page) await p.close()
+      await Promise.all(lane.context.pages().filter((p) => p !== lane.page).map((p) => p.close()))
       await lane.page.goto('about:blank')
-      await lane.cdp.send('Storage.clearDataForOrigin', { origin: baseURL, storageTypes: 'all' })
-      await lane.context.clearCookies()
-      await lane.context.clearPermissions()
-      await lane.context.setOffline(!!rest.offline)
-      if (viewport) await lane.page.setViewportSize(viewport)
+      lane.context.setDefaultTimeout(cfg.actionTimeout) // this check's config, not the one the context was made for
+      lane.context.setDefaultNavigationTimeout(cfg.timeout)
+      await Promise.all([ // independent of one another: one round trip instead of five
+        lane.cdp.send('Storage.clearDataForOrigin', { origin: baseURL, storageTypes: 'all' }),
+        lane.context.clearCookies(), lane.context.clearPermissions(), lane.context.setOffline(!!rest.offline),
+        viewport ? lane.page.setViewportSize(viewport) : null])
       return lane
     } catch (_) { // the last test left the page mid-navigation (or worse): a fresh context instead
     }
   }
   if (lane.context) await lane.context.close().catch(() => {})
   lane.context = await br.newContext(options)
-  lane.context.setDefaultTimeout(cfg.timeout)
+  lane.context.setDefaultTimeout(cfg.actionTimeout)
   lane.context.setDefaultNavigationTimeout(cfg.timeout)
   await lane.context.route((url) => !url.href.startsWith(baseURL), (route) => route.abort('blockedbyclient'))
   settleNewPages(lane.context)
@@ -262,11 +269,10 @@ async function runFile(file, cfg, baseURL, br, out, parallel) {
   await collect(root, [])
   // fullyParallel projects declare their tests independent: run `parallel` at once, each in its own context
   const width = cfg.fullyParallel ? Math.max(1, parallel) : 1
+  while (lanes.length < width) lanes.push({ context: null })
   let next = 0
-  const lane = async () => {
-    const mine = { context: null }
-    try {
-      while (next < tests.length) {
+  const lane = async (mine) => {
+    while (next < tests.length) {
       const [t, title] = tests[next++]
       if (t.skip) { out.skipped++; continue }
       const r = await runTest(t, cfg, baseURL, br, mine)
@@ -276,12 +282,28 @@ async function runFile(file, cfg, baseURL, br, out, parallel) {
         out.failed++
         out.failures.push({ spec: path.basename(file), title, error: String(r && r.message || r).slice(0, 2000) })
       }
-      }
-    } finally {
-      if (mine.context) await mine.context.close().catch(() => {})
     }
   }
-  await Promise.all(Array.from({ length: width }, lane))
+  await Promise.all(lanes.slice(0, width).map(lane))
+}
+
+// Why one web server and warm lanes for the whole process: a context costs ~200 ms of browser CPU, and a context
+// keeps its origin; with the same origin check after check, a lane's context serves every check (reset between
+// tests as above). The browser must not cache one check's files for the next: every response says no-store.
+let served = null // the folder the current check serves
+let server = null
+const lanes = [] // [{context, page, cdp, key}], reused across checks
+function origin() {
+  if (!server) {
+    server = http.createServer((q, s) => {
+      if (!served) { s.statusCode = 503; return s.end() }
+      s.setHeader('Cache-Control', 'no-store')
+      handler(q, s, { public: served })
+    })
+    server.keepAliveTimeout = 1000
+  }
+  if (server.listening) return Promise.resolve(`http://127.0.0.1:${server.address().port}`)
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(`http://127.0.0.1:${server.address().port}`)))
 }
 
 async function check(req) {
@@ -290,11 +312,10 @@ async function check(req) {
   transformed = [path.resolve(req.project), ...Object.values(modules).map((m) => path.resolve(m))]
   search = req.search || []
   process.env.EVAL_PROJECT_ROOT = req.root // as the official run sets it: some specs import modules from it
-  const cfg = loadConfig(req.project, !!req.production)
+  const cfg = loadConfig(req.project, !!req.production, req.production ? 0 : (req.wait_ms || 0))
   expectNow = real.expect.configure({ timeout: cfg.expectTimeout })
-  const server = http.createServer((q, s) => handler(q, s, { public: req.root }))
-  await new Promise((ok) => server.listen(0, '127.0.0.1', ok))
-  const baseURL = `http://127.0.0.1:${server.address().port}`
+  served = req.root
+  const baseURL = await origin()
   const out = { id: req.id, passed: 0, failed: 0, skipped: 0, total: 0, failures: [] }
   try {
     const br = await getBrowser()
@@ -305,8 +326,7 @@ async function check(req) {
     }
   } finally {
     forget(path.resolve(req.project)) // its scratch folder is gone after this check
-    server.closeAllConnections && server.closeAllConnections()
-    server.close()
+    served = null
   }
   out.total = out.passed + out.failed + out.skipped
   out.ms = Date.now() - t0
