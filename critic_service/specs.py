@@ -33,7 +33,14 @@ import yaml
 from .process import _die_with_parent
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-CHROMIUM = os.environ.get("RELOOK_CHROMIUM", "/usr/bin/chromium")
+# The official runner drives Chromium's headless shell, Playwright's own headless browser (what upstream's `npx
+# playwright test` runs), which Debian ships: twice as fast as the full browser in headless mode here, and bom's
+# timing-bound specs (a 100 ms reading timer, a popup's URL read at once) pass on it where the full browser misses
+# them. The spec server keeps the full browser: it reuses one browser for many checks, and the shell's emulated
+# fullscreen does not survive that (bom task-19). RELOOK_CHROMIUM overrides both.
+HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
+CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or "/usr/bin/chromium"
+OFFICIAL_CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or (HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else CHROMIUM)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPER = """// written by ReLook: the project's own config (CommonJS or ES module); only the browser executable is this machine's
 import base from './playwright.config.js'
@@ -220,7 +227,7 @@ def official_check(project: Project, files: str | Path, task: int, production: b
         _link_modules(work, project)
         env = {k: v for k, v in os.environ.items() if k not in ("CI", "IS_EVAL_PRODUCTION")}  # ours, not the benchmark's
         # the files' folder, absolute: configs serve it, and some specs import modules from it (esmodule)
-        env.update(RELOOK_CHROMIUM=CHROMIUM, EVAL_PROJECT_ROOT=str(work / "src"), EVAL_PROJECT_PORT=str(_free_port()),
+        env.update(RELOOK_CHROMIUM=OFFICIAL_CHROMIUM, EVAL_PROJECT_ROOT=str(work / "src"), EVAL_PROJECT_PORT=str(_free_port()),
                    PLAYWRIGHT_JSON_OUTPUT_NAME=str(work / "report.json"),
                    PATH=f"{work / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}")
         if production:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian machine (as root) or re-check an existing one.
-# Installs Debian's chromium (and nodejs/npm) if missing, creates .venv at the repository root and installs the project
+# Installs Debian's chromium, chromium-headless-shell and nodejs/npm if missing, creates .venv at the repository root and installs the project
 # into it, and installs the Web-Bench spec runner's pinned Node packages (critic_service/node/package-lock.json).
 # Idempotent: a second run only compares a stamp and returns in about a second.
 set -euo pipefail
@@ -13,6 +13,17 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Debian's chromium" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# Web-Bench's specs run on Chromium's headless shell, Playwright's own headless browser (critic_service/specs.py).
+if [ ! -x /usr/lib/chromium/chromium-headless-shell ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "setup: installing Debian's chromium-headless-shell" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null
+  else
+    echo "setup: warning: chromium-headless-shell is missing; Web-Bench specs run on the full chromium" >&2
+  fi
 fi
 
 # Node runs Web-Bench's own Playwright specs (critic_service/specs.py); Debian's Chromium is its browser (no download).

@@ -143,12 +143,13 @@ function loadConfig(project, production, waitMs) {
   const file = path.join(project, 'playwright.config.js')
   delete require.cache[require.resolve(file)]
   current = { scope: newScope(null, '') } // a config that calls test.* by mistake does not crash the server
-  const config = require(file)
+  const loaded = require(file)
+  const config = (loaded && loaded.__esModule ? loaded.default : loaded) || {} // `export default` (bom, esmodule)
   const use = { ...(config.use || {}), ...(((config.projects || [])[0] || {}).use || {}) }
   const timeout = config.timeout ?? 30000
   const expectTimeout = (config.expect || {}).timeout ?? 5000
   const cap = (ms) => waitMs > 0 ? Math.min(ms, waitMs) : ms
-  return { use, fullyParallel: !!config.fullyParallel, timeout, actionTimeout: cap(timeout), expectTimeout: cap(expectTimeout) }
+  return { use, fullyParallel: !!config.fullyParallel, timeout, actionTimeout: timeout, expectTimeout: cap(expectTimeout) }
 }
 
 function forget(dir) { // a spec runs again on the next check: drop it (and its local helpers) from the cache
@@ -233,10 +234,31 @@ function settlePopups(page) {
   page.waitForEvent = async (ev, ...a) => ev === 'popup' ? settle(await waitPage(ev, ...a)) : waitPage(ev, ...a)
 }
 
+// The `browser` fixture, as the runner gives it: a context a test makes itself gets the config's options (baseURL,
+// viewport, ...) under its own, the same origin-only routing and timeouts, and is closed when the test ends.
+function browserFixture(br, use, baseURL, cfg, made) {
+  const newContext = async (options = {}) => {
+    const c = await br.newContext({ ...contextOptions(use), baseURL, ...options })
+    made.push(c)
+    c.setDefaultTimeout(cfg.actionTimeout)
+    c.setDefaultNavigationTimeout(cfg.timeout)
+    await c.route((url) => !url.href.startsWith(baseURL), (route) => route.abort('blockedbyclient'))
+    settleNewPages(c)
+    return c
+  }
+  const newPage = async (options) => (await newContext(options)).newPage()
+  return new Proxy(br, {
+    get: (target, key) => key === 'newContext' ? newContext : key === 'newPage' ? newPage
+      : typeof target[key] === 'function' ? target[key].bind(target) : target[key],
+  })
+}
+
 async function runTest(t, cfg, baseURL, br, lane) {
   const use = useOf(t.scope, cfg.use)
   const { context, page } = await lease(lane, use, baseURL, br, cfg)
-  const fixtures = { page, context, browser: br, baseURL, browserName: 'chromium', viewport: use.viewport }
+  const made = []
+  const browserFx = browserFixture(br, use, baseURL, cfg, made)
+  const fixtures = { page, context, browser: browserFx, baseURL, browserName: 'chromium', viewport: use.viewport }
   const info = { title: t.title, annotations: [], attachments: [], skip: test.skip }
   const body = async () => {
     for (const fn of chain(t.scope, 'beforeEach')) await fn(fixtures, info)
@@ -251,6 +273,8 @@ async function runTest(t, cfg, baseURL, br, lane) {
     await context.close().catch(() => {}) // a failed test may have left the page busy: the next one starts afresh
     lane.context = null
     return e
+  } finally {
+    await Promise.all(made.map((c) => c.close().catch(() => {})))
   }
 }
 
@@ -261,9 +285,10 @@ async function runFile(file, cfg, baseURL, br, out, parallel) {
   const root = current.scope
   current = null
   const tests = [] // [test, its full title], in file order
+  const made = [] // contexts beforeAll hooks made: closed when the file is done
   const collect = async (node, titles) => {
     if (node.fn) return tests.push([node, [...titles, node.title].filter(Boolean).join(' › ')])
-    for (const fn of node.beforeAll) await fn({ browser: br, baseURL })
+    for (const fn of node.beforeAll) await fn({ browser: browserFixture(br, cfg.use, baseURL, cfg, made), baseURL })
     for (const child of node.children) await collect(child, node.title ? [...titles, node.title] : titles)
   }
   await collect(root, [])
@@ -284,7 +309,11 @@ async function runFile(file, cfg, baseURL, br, out, parallel) {
       }
     }
   }
-  await Promise.all(lanes.slice(0, width).map(lane))
+  try {
+    await Promise.all(lanes.slice(0, width).map(lane))
+  } finally {
+    await Promise.all(made.map((c) => c.close().catch(() => {})))
+  }
 }
 
 // Why one web server and warm lanes for the whole process: a context costs ~200 ms of browser CPU, and a context
