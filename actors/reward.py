@@ -28,7 +28,7 @@ class RewardConfig:
     invalid: float = 0.0  # reward of a trajectory whose final page does not render or cannot be scored (ReLook: 0)
     tests_weight: float = 0.5  # on tasks with specs (Web-Bench): the share of the score given by the pass fraction of the task's own specs
     spec_lanes: int = 1  # a spec check runs this many of its tests at once (fullyParallel projects; more pays on more cores)
-    spec_wait_ms: int = 500  # a spec's assertion or action waits at most this long in training (the config's own if shorter; 0 = the config's)
+    spec_wait_ms: int = 500  # a spec's assertion waits at most this long in training (the config's own if shorter; 0 = the config's)
 
     def validate(self) -> "RewardConfig":
         return check("reward", self, [("score_scale", self.score_scale > 0, "> 0"),

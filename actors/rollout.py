@@ -131,20 +131,21 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
 
     async def judge(c: Completion, turn: int, html: str | None, kind: str, note: str):
         """Render and critique the page a reply asks for (html None: it asked for none)."""
-        fmt = format_score(c.text) if kind == "page" else float(bool(extract_files(c.text))) if kind == "files" \
+        files = html if isinstance(html, dict) else None  # a file set: the reply wrote files (site_of)
+        fmt = format_score(c.text) if kind == "page" else float(files is not None) if kind == "files" \
             else edits_format_score(c.text, best_html)
         made = lambda score, valid, reason, feedback: Attempt(turn, c.text, score, valid, reason, False, feedback,
                                                               len(c.token_ids), c.version, kind, fmt)
-        files = html if isinstance(html, dict) else None
+        entry = entry_page(files) if files is not None else None
         if files is not None:
-            html = files.get(entry_page(files) or "index.html")
+            html = files.get(entry)
         if html is None:
             return made(0.0, False, "no_html" if kind != "edits" else note,
                         "No ```html code block was found in the reply: answer with the whole page in one ```html "
                         "block." if kind == "page" else ASK["files"] if kind == "files"
                         else f"The reply changed nothing ({note})."), None, None
         t = time.perf_counter()
-        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry_page(files)})
+        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry})
                             if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic

@@ -266,7 +266,7 @@ class SpecServer:
     """`async with SpecServer() as s: report = await s.check(project, files, specs)`: many checks, one Node process
     and one Chromium, its contexts and web server warm from check to check. Checks run one at a time; inside a check
     `parallel` tests run at once (each in its own context) when the project declares them independent
-    (fullyParallel), and outside production an assertion or action waits at most `wait_ms` (0: the config's own)."""
+    (fullyParallel), and outside production an assertion waits at most `wait_ms` (0: the config's own)."""
 
     def __init__(self, parallel: int = 1, wait_ms: int = 0):
         self.parallel, self.wait_ms = parallel, wait_ms

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--lanes", default=f"1,{RewardConfig.spec_lanes}",
                    help="lane counts to compare (tests of a spec run at once), e.g. 1,2,4")
     b.add_argument("--wait-ms", type=int, default=RewardConfig.spec_wait_ms,
-                   help="cap on an assertion's or action's wait (training's reward.spec_wait_ms; 0 = the config's)")
+                   help="cap on an assertion's wait (training's reward.spec_wait_ms; 0 = the config's)")
     args = ap.parse_args(argv)
     if args.cmd == "bench":
         print(json.dumps(asyncio.run(bench(projects(args.data), args.repeats, [int(n) for n in args.lanes.split(",")],

@@ -134,9 +134,9 @@ async function getBrowser() {
   return browser
 }
 
-// waitMs > 0 (training) caps how long an assertion or an action waits for the page (never the test's own budget, nor
-// a navigation): on a loaded page what a spec expects is there at once or soon, and a failing test otherwise waits
-// the whole timeout for nothing. 0 keeps the config's timeouts (evaluation).
+// waitMs > 0 (training) caps how long an assertion waits for the page: on a loaded page what a spec expects is there
+// at once or soon, and a failing assertion otherwise waits the whole timeout for nothing. Actions (clicks) keep the
+// test's timeout: a capped click missed its stability wait under load on correct pages. 0: the config's (evaluation).
 function loadConfig(project, production, waitMs) {
   if (production) process.env.IS_EVAL_PRODUCTION = '1'
   else delete process.env.IS_EVAL_PRODUCTION
@@ -148,8 +148,8 @@ function loadConfig(project, production, waitMs) {
   const use = { ...(config.use || {}), ...(((config.projects || [])[0] || {}).use || {}) }
   const timeout = config.timeout ?? 30000
   const expectTimeout = (config.expect || {}).timeout ?? 5000
-  const cap = (ms) => waitMs > 0 ? Math.min(ms, waitMs) : ms
-  return { use, fullyParallel: !!config.fullyParallel, timeout, actionTimeout: timeout, expectTimeout: cap(expectTimeout) }
+  return { use, fullyParallel: !!config.fullyParallel, timeout,
+    expectTimeout: waitMs > 0 ? Math.min(expectTimeout, waitMs) : expectTimeout }
 }
 
 function forget(dir) { // a spec runs again on the next check: drop it (and its local helpers) from the cache
@@ -194,7 +194,7 @@ async function lease(lane, use, baseURL, br, cfg) {
       lane.context.on('page', settlePopups)
       await Promise.all(lane.context.pages().filter((p) => p !== lane.page).map((p) => p.close()))
       await lane.page.goto('about:blank')
-      lane.context.setDefaultTimeout(cfg.actionTimeout) // this check's config, not the one the context was made for
+      lane.context.setDefaultTimeout(cfg.timeout) // this check's config, not the one the context was made for
       lane.context.setDefaultNavigationTimeout(cfg.timeout)
       await Promise.all([ // independent of one another: one round trip instead of five
         lane.cdp.send('Storage.clearDataForOrigin', { origin: baseURL, storageTypes: 'all' }),
@@ -206,7 +206,7 @@ async function lease(lane, use, baseURL, br, cfg) {
   }
   if (lane.context) await lane.context.close().catch(() => {})
   lane.context = await br.newContext(options)
-  lane.context.setDefaultTimeout(cfg.actionTimeout)
+  lane.context.setDefaultTimeout(cfg.timeout)
   lane.context.setDefaultNavigationTimeout(cfg.timeout)
   await lane.context.route((url) => !url.href.startsWith(baseURL), (route) => route.abort('blockedbyclient'))
   settleNewPages(lane.context)
@@ -240,7 +240,7 @@ function browserFixture(br, use, baseURL, cfg, made) {
   const newContext = async (options = {}) => {
     const c = await br.newContext({ ...contextOptions(use), baseURL, ...options })
     made.push(c)
-    c.setDefaultTimeout(cfg.actionTimeout)
+    c.setDefaultTimeout(cfg.timeout)
     c.setDefaultNavigationTimeout(cfg.timeout)
     await c.route((url) => !url.href.startsWith(baseURL), (route) => route.abort('blockedbyclient'))
     settleNewPages(c)
