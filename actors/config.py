@@ -17,6 +17,7 @@ class RolloutConfig:
     group_size: int = 4  # G trajectories per task (the GRPO group)
     max_turns: int = 2  # pages per trajectory: the first one plus revisions driven by the critic
     max_resamples: int = 10  # Forced Optimization: attempts per revision before the trajectory stops (paper: 10)
+    resamples_at_once: int = 1  # Forced Optimization: resamples drawn in one engine call (judged in draw order, the first that improves is kept, as if drawn one by one; more at once: fewer sequential calls, some drawn in vain)
     forced_optimization: bool = True  # false (an ablation): every revision is accepted, better or not, and none is resampled
     temperature: float = 0.8  # sampling temperature (the learner scales logits by the same value)
     top_p: float = 1.0  # nucleus sampling
@@ -33,6 +34,7 @@ class RolloutConfig:
             ("group_size", self.group_size >= 1, "an integer >= 1"),
             ("max_turns", self.max_turns >= 1, "an integer >= 1"),
             ("max_resamples", self.max_resamples >= 1, "an integer >= 1"),
+            ("resamples_at_once", self.resamples_at_once >= 1, "an integer >= 1"),
             ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),

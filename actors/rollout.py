@@ -52,6 +52,7 @@ class Trajectory:
     logprobs: list[float] = field(default_factory=list)  # rollout log-probs, 0 where loss_mask is 0
     reward: float = 0.0
     first_reward: float = 0.0  # what the first page alone would have earned (one-shot): revisions' gain = reward - this
+    first_end: int = 0  # index in token_ids where the first reply ends (turn-level credit, learner.credit=turn)
     unscorable: bool = False  # the final page could not be scored: left out of the group baseline
     final_score: float | None = None
     final_valid: bool = False
@@ -178,6 +179,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     traj.attempts.append(attempt)
     traj.first_reward = reward(attempt.valid, attempt.score, attempt.fmt, shaping)
     take(first)
+    traj.first_end = len(traj.token_ids)
     best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, first
     for turn in range(1, cfg.max_turns):
         if best is None:  # unscorable: no feedback to revise from
@@ -185,26 +187,29 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         kind = "files" if site else "page" if best_html is None else revision.format  # nothing to edit: a page
         delta = conv.feedback_ids(task["prompt"], last, revision_message(
             critic_report(best, best_attempt.feedback), kind))
-        context = traj.token_ids + delta
-        for _ in range(cfg.max_resamples if cfg.forced_optimization else 1):
+        context, left, accepted = traj.token_ids + delta, cfg.max_resamples if cfg.forced_optimization else 1, None
+        while left and accepted is None:  # resamples drawn `resamples_at_once` at a time, judged in draw order
             t = time.perf_counter()
-            (candidate,) = await generate(context, edit_sampling if kind == "edits" else sampling, 1)
+            drawn = await generate(context, edit_sampling if kind == "edits" else sampling,
+                                   min(cfg.resamples_at_once, left))
             traj.timings_s["generate"] += time.perf_counter() - t
-            new, note = (site_of(task, candidate.text, best_html), "files") if site else \
-                revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
-            attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else
-                                              "files" if site else "page", note)
-            traj.attempts.append(attempt)
-            if accept_revision(attempt.score, best) or not cfg.forced_optimization:
-                attempt.accepted = True
-                traj.token_ids += delta
-                traj.loss_mask += [0] * len(delta)
-                traj.logprobs += [0.0] * len(delta)
-                take(candidate)
-                best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, candidate
-                break
-        else:
+            left -= len(drawn)
+            for candidate in drawn:  # every one drawn is judged and recorded; the first that improves is kept
+                new, note = (site_of(task, candidate.text, best_html), "files") if site else \
+                    revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
+                attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else
+                                                  "files" if site else "page", note)
+                traj.attempts.append(attempt)
+                if accepted is None and (accept_revision(attempt.score, best) or not cfg.forced_optimization):
+                    attempt.accepted, accepted = True, (candidate, attempt, page, html)
+        if accepted is None:
             break  # Forced Optimization: no resample improved, the trajectory stops here
+        candidate, attempt, page, html = accepted
+        traj.token_ids += delta
+        traj.loss_mask += [0] * len(delta)
+        traj.logprobs += [0.0] * len(delta)
+        take(candidate)
+        best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, candidate
     traj.policy_version = min(a.version for a in traj.attempts if a.accepted)
     traj.final_score = best
     traj.final_valid = best_attempt.valid

@@ -42,11 +42,17 @@ HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
 CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or "/usr/bin/chromium"
 OFFICIAL_CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or (HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else CHROMIUM)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_WRAPPER = """// written by ReLook: the project's own config (CommonJS or ES module); only the browser executable is this machine's
+_WRAPPER = """// written by ReLook: the project's own config (CommonJS or ES module); only the browser executable is this machine's,
+// and its web server command runs under tether.js, which stops it if this runner is killed before it can
 import base from './playwright.config.js'
 const patch = (use) => ({ ...(use || {}), launchOptions: { ...((use || {}).launchOptions || {}),
   executablePath: process.env.RELOOK_CHROMIUM } })
-export default { ...base, use: patch(base.use), projects: (base.projects || [{}]).map((p) => ({ ...p, use: patch(p.use) })) }
+const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`
+const tie = (w) => (w && w.command ? { ...w, env: { ...(w.env || {}), RELOOK_TETHERED: w.command },
+  command: `${quote(process.execPath)} ${quote(process.env.RELOOK_TETHER)} ${process.pid}` } : w)
+const webServer = Array.isArray(base.webServer) ? base.webServer.map(tie) : tie(base.webServer)
+export default { ...base, ...(webServer ? { webServer } : {}), use: patch(base.use),
+  projects: (base.projects || [{}]).map((p) => ({ ...p, use: patch(p.use) })) }
 """
 
 
@@ -227,15 +233,16 @@ def official_check(project: Project, files: str | Path, task: int, production: b
         _link_modules(work, project)
         env = {k: v for k, v in os.environ.items() if k not in ("CI", "IS_EVAL_PRODUCTION")}  # ours, not the benchmark's
         # the files' folder, absolute: configs serve it, and some specs import modules from it (esmodule)
-        env.update(RELOOK_CHROMIUM=OFFICIAL_CHROMIUM, EVAL_PROJECT_ROOT=str(work / "src"), EVAL_PROJECT_PORT=str(_free_port()),
+        env.update(RELOOK_CHROMIUM=OFFICIAL_CHROMIUM, RELOOK_TETHER=str(NODE_DIR / "tether.js"), EVAL_PROJECT_ROOT=str(work / "src"), EVAL_PROJECT_PORT=str(_free_port()),
                    PLAYWRIGHT_JSON_OUTPUT_NAME=str(work / "report.json"),
                    PATH=f"{work / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}")
         if production:
             env["IS_EVAL_PRODUCTION"] = "1"
         cmd = ["node", str(work / "node_modules" / "@playwright" / "test" / "cli.js"), "test", "-c", "relook.config.mjs",
                "--reporter=json", *project.specs_up_to(task)]
-        # its own process group (the runner, its web server, Chromium), which dies with us: SIGTERM from the kernel
-        # if this process dies (the runner then stops its web server and browser), the group killed on any error
+        # its own process group (the runner, Chromium), which dies with us: SIGTERM from the kernel if this process
+        # dies (the runner then stops its web server and browser), the group killed on any error; the web server
+        # (a group of its own, started detached by the runner) stops itself once the runner is gone (tether.js)
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, preexec_fn=_die_with_parent)
         try:

@@ -288,6 +288,7 @@ class Trainer:
                 line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
                         "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
                         "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,
+                        "credit": self.cfg.learner.credit,
                         "accepted_revisions_per_trajectory": round(sum(accepted) / max(len(accepted), 1), 4),
                         "baseline_checks": baseline["checks"], "final_checks": final["checks"],
                         "task_checks_gain": task_checks_gain(baseline["checks"], final["checks"]),

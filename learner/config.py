@@ -7,6 +7,8 @@ from common.checks import check
 
 from .weight_sync import TRANSPORTS
 
+CREDITS = ("trajectory", "turn")
+
 
 @dataclass
 class LearnerConfig:
@@ -24,6 +26,7 @@ class LearnerConfig:
     micro_batch_size: int = 4  # trajectories per forward/backward on one rank
     micro_batches_per_step: int = 0  # gradient accumulation steps per rank; 0 = from the first batch
     adv_eps: float = 1e-6  # std epsilon in the group advantages
+    credit: str = "trajectory"  # multi-turn credit: "trajectory" (every token gets the final reward's group advantage) or "turn" (the first reply's tokens get the mean of that and its own one-shot advantage: core_algos.turn_advantages)
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     bf16: bool = True  # bf16 on GPU (CPU always trains in fp32)
     seed: int = -1  # torch / python RNG seed on every rank; -1 = trainer.seed in a training run (0 elsewhere)
@@ -43,6 +46,7 @@ class LearnerConfig:
             ("kl_coef", self.kl_coef >= 0, ">= 0 (0 disables the reference model)"),
             ("loss", self.loss in ("auto", "ppo", "decoupled"), "'auto', 'ppo' or 'decoupled'"),
             ("is_cap", self.is_cap >= 1, ">= 1"),
+            ("credit", self.credit in CREDITS, f"one of {list(CREDITS)}"),
             ("micro_batch_size", self.micro_batch_size >= 1, "an integer >= 1"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
             ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),

@@ -25,6 +25,17 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, unscorable: to
     return adv, flat
 
 
+def turn_advantages(outcome: torch.Tensor, first: torch.Tensor, first_end: torch.Tensor, width: int) -> torch.Tensor:
+    """Turn-level credit for multi-turn trajectories (MT-GRPO, Zeng et al. 2025, with the weight 1/2): the first reply's
+    tokens get the mean of its own one-shot group advantage and the trajectory's, later turns the trajectory's alone.
+    A first page rescued by a revision is then not paid the revision's reward in full; a single-turn trajectory gets
+    exactly GRPO's advantage (first == outcome).
+    outcome [N], first [N], first_end [N] int (shifted position where the first reply's tokens end) -> [N, width]."""
+    pos = torch.arange(width, device=outcome.device).unsqueeze(0)  # [1, T]
+    in_first = pos < first_end.unsqueeze(-1)  # [N, T]
+    return torch.where(in_first, ((outcome + first) / 2).unsqueeze(-1), outcome.unsqueeze(-1))
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(label) under logits / temperature. logits [B, T, V], labels [B, T] -> [B, T]."""
     if temperature > 0 and temperature != 1.0:
@@ -41,9 +52,10 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float,
                 clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO/GRPO clipped surrogate with an asymmetric clip range [1 - clip_low, 1 + clip_high] on the token-level
-    importance ratio. logp, old_logp [B, T], advantages [B] -> (loss per token [B, T], clip active [B, T] bool)."""
+    importance ratio. logp, old_logp [B, T], advantages [B] or per token [B, T] -> (loss per token [B, T], clip
+    active [B, T] bool)."""
     ratio = torch.exp(logp - old_logp)  # [B, T]
-    a = advantages.unsqueeze(-1)  # [B, 1]
+    a = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * a
     return -torch.minimum(unclipped, clipped), clipped < unclipped
@@ -69,11 +81,12 @@ def decoupled_policy_loss(logp: torch.Tensor, behav_logp: torch.Tensor, advantag
     the gap to the policy that sampled each token (behav_logp, possibly k versions old) is a separate importance
     weight min(pi_prox / pi_behav, is_cap), truncated as in verl's rollout correction (TIS): stale tokens still count,
     and none counts more than is_cap times. Both ratios are per token.
-    logp [B, T] (with grad), behav_logp [B, T], advantages [B] -> (loss per token [B, T], weight truncated [B, T] bool)."""
+    logp [B, T] (with grad), behav_logp [B, T], advantages [B] or [B, T] -> (loss per token [B, T], weight truncated
+    [B, T] bool)."""
     prox = logp.detach()  # [B, T]
     weight = torch.exp(prox - behav_logp)  # [B, T]
     truncated = weight > is_cap
     ratio = torch.exp(logp - prox)  # [B, T], 1 in value: its gradient is the policy gradient
-    a = advantages.unsqueeze(-1)  # [B, 1]
+    a = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * a)
     return -weight.clamp(max=is_cap) * surrogate, truncated

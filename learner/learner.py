@@ -72,6 +72,13 @@ class Learner:
         adv, flat = algos.group_advantages(rewards, groups, unscorable, self.cfg.adv_eps)  # [N]
         samples = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "logprobs": r["logprobs"],
                     "advantage": float(a)} for r, a in zip(rows, adv)]
+        if self.cfg.credit == "turn":  # the first reply's own one-shot advantage joins its tokens' credit
+            first = torch.tensor([r.get("first_reward", r["reward"]) for r in rows], dtype=torch.float32)  # [N]
+            first_unscorable = torch.tensor([_as_dict(r["attempts"][0])["score"] is None if r.get("attempts")
+                                             else bool(r["unscorable"]) for r in rows])  # [N]
+            first_adv, _ = algos.group_advantages(first, groups, first_unscorable, self.cfg.adv_eps)  # [N]
+            for s, r, a in zip(samples, rows, first_adv):
+                s["first_advantage"], s["first_end"] = float(a), r.get("first_end", len(r["token_ids"]))
         global_tokens = int(sum(sum(s["loss_mask"]) for s in samples))
         parts = ray.get([rank.step.remote(part, global_tokens)
                          for rank, part in zip(self.ranks, shard(samples, len(self.ranks)))])

@@ -28,9 +28,10 @@ def _clear_stale_build_locks(root: pathlib.Path, max_age_s: float = 300.0) -> No
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
-    """samples: dicts with token_ids, loss_mask, logprobs, advantage. Position t of the shifted tensors holds
-    token t+1 (the token the logits at t predict).
-    -> input_ids [B, L], attention_mask [B, L], labels / loss_mask / old_logprobs [B, L-1], advantages [B]."""
+    """samples: dicts with token_ids, loss_mask, logprobs, advantage, and for turn-level credit first_advantage and
+    first_end (token index where the first reply ends). Position t of the shifted tensors holds token t+1 (the token
+    the logits at t predict).
+    -> input_ids [B, L], attention_mask [B, L], labels / loss_mask / old_logprobs / advantages [B, L-1]."""
     width = max(len(s["token_ids"]) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(samples), width), dtype=torch.long)
@@ -42,8 +43,11 @@ def collate(samples: list[dict], pad_id: int) -> dict:
         attn[i, :n] = 1
         mask[i, :n] = torch.tensor(s["loss_mask"], dtype=torch.float32)
         old[i, :n] = torch.tensor(s["logprobs"], dtype=torch.float32)
+    outcome = torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)  # [B]
+    first = torch.tensor([s.get("first_advantage", s["advantage"]) for s in samples], dtype=torch.float32)  # [B]
+    first_end = torch.tensor([s.get("first_end", 0) - 1 for s in samples])  # [B], in shifted positions
     return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "loss_mask": mask[:, 1:],
-            "old_logprobs": old[:, 1:], "advantages": torch.tensor([s["advantage"] for s in samples])}
+            "old_logprobs": old[:, 1:], "advantages": algos.turn_advantages(outcome, first, first_end, width - 1)}
 
 
 def micro_batches(samples: list[dict], size: int, count: int) -> list[list[dict]]:

@@ -77,6 +77,30 @@ def test_forced_optimization_keeps_only_improvements_and_stops(cfg, taught):
     assert row["loss_mask_tokens"] == sum(traj.loss_mask) and row["total_tokens"] == len(traj.token_ids)
 
 
+def test_resamples_drawn_together_keep_the_first_improvement_in_draw_order(cfg, taught):
+    """rollout.resamples_at_once=2: the same rule as one at a time (the first improving draw is kept, not the best
+    one), in fewer engine calls; every draw is judged and recorded."""
+    import dataclasses
+    engine, _ = taught
+    calls = []
+    generate = engine.generate
+    engine.generate = lambda prompts, sampling: calls.append(len(prompts)) or generate(prompts, sampling)
+    try:
+        # turn 1 draws 40, 45 (neither improves), then its third and last resample alone: 55, kept; turn 2 draws 60, 70:
+        # keeps 60, the first that improves
+        critic = ScriptedCritic([50, 40, 45, 55, 60, 70, 99])
+        (traj,), _ = run_loop(dataclasses.replace(cfg, resamples_at_once=2, max_turns=3), critic, taught)
+    finally:
+        engine.generate = generate
+    assert [(a.turn, a.score, a.accepted) for a in traj.attempts] == [
+        (0, 50, True), (1, 40, False), (1, 45, False), (1, 55, True), (2, 60, True), (2, 70, False)]
+    assert calls == [1, 2, 1, 2] and critic.calls == 6
+    assert traj.final_score == 60
+    tok = engine.tokenizer
+    policy_text = tok.decode([t for t, m in zip(traj.token_ids, traj.loss_mask) if m], skip_special_tokens=True)
+    assert policy_text == "".join(a.text for a in traj.attempts if a.accepted)
+
+
 def test_without_forced_optimization_every_revision_is_accepted(cfg, taught):
     """The ablation's arm: each revision is taken as it comes (worse ones too), once, and the reward is the last
     page's; the first page's own reward is kept beside it."""

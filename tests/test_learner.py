@@ -57,6 +57,31 @@ def test_steps_lower_the_loss_and_raise_positive_advantage_logprobs():
     assert learner.version == 4
 
 
+def test_turn_credit_pays_a_rescued_first_page_less_than_trajectory_credit():
+    """Trajectories as the rollout makes them (Attempt objects): one whose poor first page a revision rescued
+    (first_reward 0, reward 1). Under learner.credit=turn its first reply's tokens gain less log-prob than under
+    trajectory credit, and its revision's tokens the same."""
+    from actors.rollout import Attempt, Trajectory
+    rows = batch(seed=5)
+    gain = {}
+    for credit in ("trajectory", "turn"):
+        learner = make(credit=credit)
+        trajs = []
+        for i, r in enumerate(with_old_logprobs(learner, [dict(r) for r in rows])):
+            t = Trajectory(r["task_id"], i, "p", token_ids=r["token_ids"], loss_mask=r["loss_mask"],
+                           logprobs=r["logprobs"], reward=r["reward"], unscorable=r["unscorable"],
+                           first_reward=0.0 if i == 0 else r["reward"], first_end=16)
+            t.attempts = [Attempt(0, "", None if t.unscorable else 50.0, True, None, True)]
+            trajs.append(t)
+        rescued = trajs[0].token_ids  # reward 1.0, the best of its group; its first page alone earned nothing
+        before = learner.logprobs(rescued)
+        learner.step(trajs)
+        after = learner.logprobs(rescued)
+        gain[credit] = (sum(after[7:15]) - sum(before[7:15]), sum(after[15:]) - sum(before[15:]))  # first, revision
+    assert gain["turn"][0] < gain["trajectory"][0]
+    assert gain["turn"][1] == pytest.approx(gain["trajectory"][1], rel=0.5)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_zero_match_one_rank(stage):
     rows = batch(seed=1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from learner.core_algos import (decoupled_policy_loss, entropy, global_token_mean, group_advantages, kl_k3, policy_loss,
-                                token_logprobs)
+                                token_logprobs, turn_advantages)
 
 
 def test_group_advantages_hand_computed():
@@ -98,3 +98,24 @@ def test_decoupled_loss_weights_stale_tokens_and_truncates_them():
     assert torch.allclose(g_off, torch.tensor([[-2.0 * math.exp(-0.5), -2.0 * 2.0, -2.0]]))
     assert trunc.tolist() == [[False, True, False]]
     assert torch.allclose(off.detach(), torch.tensor([[-2.0 * math.exp(-0.5), -4.0, -2.0]]))
+
+
+def test_turn_credit_gives_the_first_reply_half_its_own_advantage():
+    from learner.rank import collate
+    outcome, first = torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0])
+    adv = turn_advantages(outcome, first, torch.tensor([2, 0]), 4)  # [2, 4]
+    # trajectory 0: positions 0, 1 are its first reply -> (1 - 1) / 2 = 0, then the revision -> 1; trajectory 1 has
+    # no first-reply positions in range (a prompt-only prefix) -> -1 everywhere
+    assert adv.tolist() == [[0.0, 0.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]]
+    # collate: first_end is a token index; shifted position t holds token t+1, so tokens 1..2 (the first reply of a
+    # 1-token prompt) are positions 0..1; without first_end (learner.credit=trajectory) every position gets the outcome
+    turn = {"token_ids": [5, 6, 7, 8, 9], "loss_mask": [0, 1, 1, 1, 1], "logprobs": [0.0] * 5, "advantage": 1.0,
+            "first_advantage": -0.5, "first_end": 3}
+    plain = {"token_ids": [5, 6, 7], "loss_mask": [0, 1, 1], "logprobs": [0.0] * 3, "advantage": 0.5}
+    got = collate([turn, plain], pad_id=0)["advantages"]  # [2, 4]
+    assert got[0].tolist() == [0.25, 0.25, 1.0, 1.0] and got[1].tolist() == [0.5] * 4
+    # single-turn (first == outcome, first_end at the end): exactly GRPO's advantage
+    same = turn_advantages(torch.tensor([0.7]), torch.tensor([0.7]), torch.tensor([3]), 3)
+    assert same[0].tolist() == pytest.approx([0.7, 0.7, 0.7])
+    loss, _ = policy_loss(torch.zeros(2, 4), torch.zeros(2, 4), got, 0.2, 0.28)  # per-token advantages broadcast
+    assert loss[0].tolist() == [-0.25, -0.25, -1.0, -1.0]

@@ -1,6 +1,7 @@
 """Web-Bench end to end: multi-file answers and renders, the official spec runner, the training spec server (same
 verdicts), the specs as part of the reward, and the benchmark's protocol in launch/evaluate.py."""
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -76,6 +77,62 @@ def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(dat
     bad = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(tmp_path), "--files",
                           str(tmp_path), "--task", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a Web-Bench project" in bad.stderr
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, working directory, command line) of every process we may read."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                out[int(d.name)] = (int(stat[stat.rindex(")") + 2:].split()[1]), str((d / "cwd").resolve()),
+                                    (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def test_a_check_killed_mid_run_leaves_no_web_server_behind(data_dir):
+    """Playwright starts a config's webServer detached (a process group of its own) and stops it only on its way out.
+    Measured without tether.js: a driver killed with SIGKILL leaves `npx serve` running (the runner, told by the
+    kernel, dies without stopping it); with it, nothing of the check is left."""
+    import os
+    import signal
+    import time
+    project = data_dir / "web-bench" / "esmodule"
+    code = ("from critic_service.specs import Project, official_check; "
+            f"official_check(Project({str(project)!r}), {str(project / 'src')!r}, 20)")
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work, left = None, []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the runner (the driver's child) and, in its folder, its web server
+            procs = _processes()
+            runner = next((p for p, (pp, _, cmd) in procs.items() if pp == driver.pid and "cli.js" in cmd), None)
+            work = procs[runner][1] if runner else None
+            if work and any(cwd == work and "serve" in cmd and p != runner for p, (_, cwd, cmd) in procs.items()):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the official runner never started its web server")
+        os.killpg(driver.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = [cmd for p, (_, cwd, cmd) in _processes().items() if work in cwd or work in cmd]  # cwd: "(deleted)"
+            if not left:
+                break
+            time.sleep(0.2)
+        assert not left, f"still running in {work} after the check was killed: {left}"
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        for p, (_, cwd, cmd) in _processes().items():  # what this test started, should it have failed
+            if work and (work in cwd or work in cmd):
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgid(p), signal.SIGKILL)
 
 
 def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
