@@ -3,8 +3,11 @@ verdicts), the specs as part of the reward, and the benchmark's protocol in laun
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,9 +100,6 @@ def test_a_check_killed_mid_run_leaves_no_web_server_behind(data_dir):
     """Playwright starts a config's webServer detached (a process group of its own) and stops it only on its way out.
     Measured without tether.js: a driver killed with SIGKILL leaves `npx serve` running (the runner, told by the
     kernel, dies without stopping it); with it, nothing of the check is left."""
-    import os
-    import signal
-    import time
     project = data_dir / "web-bench" / "esmodule"
     code = ("from critic_service.specs import Project, official_check; "
             f"official_check(Project({str(project)!r}), {str(project / 'src')!r}, 20)")
