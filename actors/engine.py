@@ -6,10 +6,13 @@ generated: the learner's loss mask and log-probs line up with what the policy re
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+from array import array
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from common.models import load_model, load_tokenizer
 from learner.weight_sync import ModelReceiver
@@ -33,6 +36,47 @@ class Completion:
     version: int = 0  # the policy version that sampled it (asynchronous training bounds its staleness)
 
 
+def request_seed(stream: int, prompt: list[int], index: int) -> int:
+    """The sampling seed of the index-th request for `prompt` in `stream` (a rollout group): a function of what is
+    asked, not of which batch or worker serves it, so a run samples the same tokens however its requests were batched."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{stream}:{index}:".encode())
+    h.update(array("q", prompt).tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1  # 63 bits: fits torch's and vLLM's seeds
+
+
+def seeded(generate, stream: int):
+    """generate(prompt, sampling, n) with each request's seed from request_seed: the k-th time this stream asks for a
+    prompt it gets index k (a rejected attempt's resample is a new draw, the same question in a rerun the same one)."""
+    asked: dict[tuple, int] = {}
+
+    async def generate_seeded(prompt: list[int], sampling: "Sampling", n: int = 1) -> list["Completion"]:
+        key = (tuple(prompt), sampling)
+        first = asked.get(key, 0)
+        asked[key] = first + n
+        return await generate(prompt, sampling, n, seeds=[request_seed(stream, prompt, first + j) for j in range(n)])
+    return generate_seeded
+
+
+class RowSampler(LogitsProcessor):
+    """Samples each row with its own generator (temperature, then top-p), and leaves only the drawn token standing:
+    generate's greedy pick then takes it. A row's tokens depend on its seed and its logits, not on its batch."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p  # [B, V] the mass before a token already suffices
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.gens)])  # [B]
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, picks[:, None], 0.0)
+
+
 class HFEngine(ModelReceiver):
     """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available.
     Takes pushed weights as a ModelReceiver (learner/weight_sync.py: weight_info, join, receive, load)."""
@@ -52,17 +96,20 @@ class HFEngine(ModelReceiver):
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[Completion]:
+        """One batched call; seeds: one per prompt (RowSampler); a missing one is drawn from torch's global generator."""
         tok, pad = self.tokenizer, self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = sampling.temperature <= 0
+        seeds = [int(torch.randint(2 ** 62, ())) if s is None else s for s in seeds or [None] * len(prompts)]
+        sampler = [] if greedy else [RowSampler(seeds, sampling.temperature, sampling.top_p, self.device)]
         with self.lock:  # a push waits: one call is sampled by one policy version
             version = self.version
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
-                temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
+            out = self.model.generate(  # greedy over RowSampler's output = its draw; out.logits stay the raw ones
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
+                logits_processor=LogitsProcessorList(sampler), temperature=None, top_p=None,
                 top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True,
                 return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok)
         new = out.sequences[:, width:]  # [B, T]
@@ -122,13 +169,14 @@ class Batcher:
         old, self.stats = getattr(self, "stats", None), engine_counts()
         return old
 
-    async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
+    async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1,
+                       seeds: list[int] | None = None) -> list[Completion]:
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.ensure_future(self._run())
         futures = [asyncio.get_running_loop().create_future() for _ in range(n)]
-        for f in futures:
-            self._queue.put_nowait((prompt, sampling, f))
+        for f, seed in zip(futures, seeds or [None] * n):
+            self._queue.put_nowait((prompt, sampling, f, seed))
         return list(await asyncio.gather(*futures))
 
     async def _run(self) -> None:
@@ -146,9 +194,10 @@ class Batcher:
                 count_call(self.stats, len(items), len(items), unserved + self._queue.qsize())
                 unserved -= len(items)
                 try:
-                    outs = await asyncio.to_thread(self.engine.generate, [p for p, _, _ in items], items[0][1])
-                    for (_, _, f), c in zip(items, outs):
+                    outs = await asyncio.to_thread(self.engine.generate, [p for p, *_ in items], items[0][1],
+                                                   [seed for *_, seed in items])
+                    for (_, _, f, _), c in zip(items, outs):
                         f.done() or f.set_result(c)
                 except Exception as e:  # surface to every waiting trajectory
-                    for _, _, f in items:
+                    for _, _, f, _ in items:
                         f.done() or f.set_exception(e)

@@ -73,11 +73,13 @@ class VLLMEngine:
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    async def agenerate(self, prompt: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
-        """n samples for one prompt, each its own request in the running batch (the agent loop's generate)."""
-        return list(await asyncio.gather(*(self._request(prompt, sampling) for _ in range(n))))
+    async def agenerate(self, prompt: list[int], sampling: Sampling, n: int = 1,
+                        seeds: list[int] | None = None) -> list[Completion]:
+        """n samples for one prompt, each its own request in the running batch (the agent loop's generate); seeds:
+        one per sample (vLLM's per-request seed), else the engine's own stream."""
+        return list(await asyncio.gather(*(self._request(prompt, sampling, s) for s in seeds or [None] * n)))
 
-    async def _request(self, prompt: list[int], sampling: Sampling) -> Completion:
+    async def _request(self, prompt: list[int], sampling: Sampling, seed: int | None = None) -> Completion:
         from vllm import SamplingParams, TokensPrompt
         llm = self._engine()
         await self._open.wait()  # a push is landing: start on the new weights
@@ -87,7 +89,8 @@ class VLLMEngine:
         count_call(self.stats, 1, self.in_flight, self.in_flight)  # it joins a batch of the requests in flight
         try:
             params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                    max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, logprobs=0)
+                                    max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, logprobs=0,
+                                    seed=seed)
             final = None
             async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=uuid.uuid4().hex):
                 final = out

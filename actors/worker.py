@@ -20,7 +20,7 @@ from critic_service.client import CriticClient
 from render_farm.farm import RenderFarm
 
 from .config import ENGINES, RolloutConfig, SelfEditConfig
-from .engine import Batcher, HFEngine
+from .engine import Batcher, HFEngine, seeded
 from .revision import RevisionConfig
 from .reward import RewardConfig
 from .rollout import Conversation, run_group
@@ -51,11 +51,13 @@ class _AgentLoop:
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
         self._spec_server = None  # started on the first task with specs (Web-Bench)
 
-    async def rollout(self, task: dict, max_turns: int = 0) -> list:
+    async def rollout(self, task: dict, max_turns: int = 0, seed: int | None = None) -> list:
         """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it;
-        max_turns > 0 overrides rollout.max_turns (held-out evaluation runs one-shot)."""
+        max_turns > 0 overrides rollout.max_turns (held-out evaluation runs one-shot); seed: the group's sampling
+        stream (engine.seeded: the same seed samples the same tokens on any worker, in any batch)."""
         cfg = dataclasses.replace(self.cfg, max_turns=max_turns) if max_turns else self.cfg
-        return await run_group(task, self.conv, self.sample, self.farm.render, self.critic.critique, cfg,
+        generate = self.sample if seed is None else seeded(self.sample, seed)
+        return await run_group(task, self.conv, generate, self.farm.render, self.critic.critique, cfg,
                                self.revision, self.shaping, self.check_specs if "web_bench" in task else None)
 
     async def check_specs(self, task: dict, files: dict):
@@ -80,11 +82,6 @@ class _AgentLoop:
 
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
-
-    def reseed(self, seed: int) -> None:
-        """Sampling seed of the next generate calls (the HF engine samples with torch's global generator)."""
-        import torch
-        torch.manual_seed(seed)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -117,32 +114,34 @@ def rollout_worker(kind: str = "hf"):
 
 
 def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 6,
-                  stats: dict | None = None, max_turns: int = 0) -> Iterator[tuple[dict, list]]:
+                  stats: dict | None = None, max_turns: int = 0, seed: int | None = None) -> Iterator[tuple[dict, list]]:
     """Yield (task, trajectories) for every task, as each group finishes. `stats` (if given) counts
-    "resubmitted" groups and tracks "in_flight" for dashboards; max_turns > 0 overrides the workers' rollout.max_turns."""
+    "resubmitted" groups and tracks "in_flight" for dashboards; max_turns > 0 overrides the workers' rollout.max_turns;
+    seed: task i samples from stream seed * 10_007 + i wherever it runs (a resubmitted group resamples the same)."""
     stats = stats if stats is not None else {}
     stats.setdefault("resubmitted", 0)
-    pending = [(task, 0) for task in reversed(tasks)]
-    delayed: list[tuple[float, dict, int]] = []  # (not before, task, attempt): groups of a worker that died
-    load = {i: 0 for i in range(len(workers))}
-    running: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (worker index, task, attempt)
+    pending = [(i, 0) for i in reversed(range(len(tasks)))]  # (task index, attempt)
+    delayed: list[tuple[float, int, int]] = []  # (not before, task index, attempt): groups of a worker that died
+    load = {w: 0 for w in range(len(workers))}
+    running: dict[ray.ObjectRef, tuple[int, int, int]] = {}  # ref -> (worker index, task index, attempt)
 
     while pending or running or delayed:
         now = time.monotonic()
-        pending += [(task, attempt) for at, task, attempt in delayed if at <= now]
+        pending += [(i, attempt) for at, i, attempt in delayed if at <= now]
         delayed = [d for d in delayed if d[0] > now]
         while pending and min(load.values()) < max_in_flight:
-            task, attempt = pending.pop()
+            i, attempt = pending.pop()
             w = min(load, key=load.get)
             load[w] += 1
-            running[workers[w].rollout.remote(task, max_turns)] = (w, task, attempt)
+            stream = None if seed is None else seed * 10_007 + i
+            running[workers[w].rollout.remote(tasks[i], max_turns, stream)] = (w, i, attempt)
         if not running:
             time.sleep(max(0.0, min(at for at, _, _ in delayed) - time.monotonic()))
             continue
         done, _ = ray.wait(list(running), num_returns=1, timeout=0.5 if delayed else None)
         if not done:
             continue
-        w, task, attempt = running.pop(done[0])
+        w, i, attempt = running.pop(done[0])
         load[w] -= 1
         try:
             group = ray.get(done[0])
@@ -150,7 +149,7 @@ def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_
             if attempt >= max_retries:
                 raise
             stats["resubmitted"] += 1
-            delayed.append((time.monotonic() + min(0.5 * 2 ** attempt, 8.0), task, attempt + 1))
+            delayed.append((time.monotonic() + min(0.5 * 2 ** attempt, 8.0), i, attempt + 1))
             continue
         stats["in_flight"] = len(running)
-        yield task, group
+        yield tasks[i], group

@@ -75,7 +75,7 @@ class TrainerConfig:
     save_every: int = 1  # checkpoint every N steps (and at the end)
     eval_every: int = 0  # mean reward on held-out tasks every N steps (0 = never)
     eval_max_turns: int = 1  # turns of a held-out evaluation: 1 = the first page alone (the policy as deployed, no critic); 0 = rollout.max_turns
-    seed: int = 0  # sampling seeds (per step and worker); also the learner's when learner.seed is -1
+    seed: int = 0  # sampling seeds (per step and task, whichever worker runs it); also the learner's when learner.seed is -1
     wandb: str = "offline"  # wandb mode: "offline", "online" (needs a key) or "disabled"
     wandb_project: str = "relook"  # wandb project name
     progress: bool = True  # a progress bar with the live figures

@@ -118,18 +118,20 @@ class Trainer:
 
     # -- one RL step ----------------------------------------------------------------------------------------------
 
-    def rollout(self, tasks: list[dict], stats: dict | None = None, max_turns: int = 0) -> list:
-        return [t for _, group in stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats,
-                                                max_turns=max_turns) for t in group]
+    def rollout(self, tasks: list[dict], seed: int, stats: dict | None = None, max_turns: int = 0) -> list:
+        """The trajectories of `tasks`, in task order (not finishing order), sampled from streams of `seed`."""
+        got = stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats,
+                            max_turns=max_turns, seed=seed)
+        position = {id(task): i for i, task in enumerate(tasks)}
+        return [t for _, group in sorted(got, key=lambda tg: position[id(tg[0])]) for t in group]
 
     def collect(self, step: int) -> dict:
         """The rollout of one step: its tasks (a function of data.seed and step), the trajectories, how long it took
         and what the engines did meanwhile."""
         cfg = self.cfg
         batch = task_sources.batch_for_step(self.train_pool, step, cfg.data.tasks_per_step, cfg.data.seed)
-        self.reseed(step)
         t0, stats = time.perf_counter(), {}
-        trajs = self.rollout(batch, stats)
+        trajs = self.rollout(batch, cfg.trainer.seed * 1_000_003 + step, stats)  # a resumed step samples the same
         return {"step": step, "trajs": trajs, "rollout_s": time.perf_counter() - t0,
                 "resubmitted": stats.get("resubmitted", 0), "engine": self.engine_stats()}
 
@@ -232,18 +234,12 @@ class Trainer:
                 print(f"weight push: a rollout worker is restarting ({type(e).__name__}); retrying", flush=True)
                 time.sleep(min(2 ** attempt, 10))
 
-    def reseed(self, step: int) -> None:
-        """Sampling seeds as a function of (trainer.seed, step, worker), so a resumed step samples as the first run did."""
-        for i, w in enumerate(self.workers):
-            try:
-                ray.get(w.reseed.remote(self.cfg.trainer.seed * 1_000_003 + step * 1_009 + i), timeout=60)
-            except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                pass  # a worker being restarted: the dispatcher resubmits its groups; its constructor seeds it
-
     def evaluate(self) -> dict:
         """The held-out tasks under the current policy (run_io.quality): with trainer.eval_max_turns=1 (the default)
-        the first page alone, i.e. the policy as deployed without a critic; 0 = through the training loop."""
-        return quality(self.rollout(self.heldout, max_turns=self.cfg.trainer.eval_max_turns))
+        the first page alone, i.e. the policy as deployed without a critic; 0 = through the training loop. Every
+        evaluation draws from the same streams (common random numbers): before and after differ by the policy only."""
+        return quality(self.rollout(self.heldout, self.cfg.trainer.seed * 1_000_003 - 1,
+                                    max_turns=self.cfg.trainer.eval_max_turns))
 
     def save(self, step: int) -> None:
         state = {"step": step, "policy_version": self.learner.version, "data_seed": self.cfg.data.seed}

@@ -84,7 +84,7 @@ def test_resamples_drawn_together_keep_the_first_improvement_in_draw_order(cfg, 
     engine, _ = taught
     calls = []
     generate = engine.generate
-    engine.generate = lambda prompts, sampling: calls.append(len(prompts)) or generate(prompts, sampling)
+    engine.generate = lambda prompts, sampling, seeds=None: calls.append(len(prompts)) or generate(prompts, sampling, seeds)
     try:
         # turn 1 draws 40, 45 (neither improves), then its third and last resample alone: 55, kept; turn 2 draws 60, 70:
         # keeps 60, the first that improves

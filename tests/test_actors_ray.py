@@ -72,3 +72,24 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(cluster):
         except ray.exceptions.ActorUnavailableError:
             time.sleep(0.5)
     assert ray.get(workers[0].weight_info.remote())["version"] == 1
+
+
+def test_a_seeded_rollout_samples_the_same_on_any_worker(cluster):
+    """stream_groups' seed fixes every sampled token, whichever worker runs a group and whatever shares its batch:
+    one worker or two, the same trajectories (and a resumed step re-samples what the first run sampled)."""
+    _, url, _ = cluster
+    cfg = RolloutConfig(group_size=2, max_turns=1, temperature=1.0, max_new_tokens=24)
+    farm = RenderFarm(RenderConfig(workers=1))
+    sampling = [rollout_worker("hf").remote("tiny", cfg, farm.workers, url, seed=10 + i) for i in range(2)]
+    tasks = [{**TASK, "id": f"s{i}"} for i in range(4)]
+
+    def tokens(workers, seed):
+        return {task["id"]: [t.token_ids for t in group]
+                for task, group in stream_groups(workers, tasks, max_in_flight=2, seed=seed)}
+    one, two = tokens(sampling[:1], 7), tokens(sampling, 7)
+    assert one == two
+    other = tokens(sampling, 8)
+    assert all(one[i] != other[i] for i in one)  # another seed, other draws
+    assert all(len({tuple(x) for x in group}) == 2 for group in one.values())  # a group's samples differ
+    for w in sampling + farm.workers:
+        ray.kill(w)

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from actors.config import RolloutConfig
-from actors.engine import Batcher, Completion, HFEngine, Sampling
+from actors.engine import Batcher, Completion, HFEngine, Sampling, seeded
 from actors.revision import extract_html
 from actors.reward import RewardConfig, edits_format_score, format_score, judged_score, reward
 from actors.rollout import Attempt, Conversation, accept_revision, run_trajectory
@@ -126,9 +126,9 @@ def test_requests_with_equal_sampling_share_one_engine_call():
     calls = []
     real = engine.generate
 
-    def counting(prompts, sampling):
+    def counting(prompts, sampling, seeds=None):
         calls.append(len(prompts))
-        return real(prompts, sampling)
+        return real(prompts, sampling, seeds)
 
     engine.generate = counting
     prompt = engine.chat_ids([{"role": "user", "content": "hi"}])
@@ -146,3 +146,24 @@ def test_requests_with_equal_sampling_share_one_engine_call():
     # its counts: 2 calls, 3 requests, at most 2 in one call; 3 were waiting as the first call began, 1 the second
     assert b.reset_stats() == {"calls": 2, "requests": 3, "max": 2, "ready": 4}
     assert b.stats["calls"] == 0
+
+
+def test_a_seeded_request_samples_the_same_tokens_in_any_batch():
+    """Sampling is a function of the request (its seed), not of the batch or worker that serves it: a run reproduces
+    however its requests were grouped, and evaluations before and after training can share their draws."""
+    engine = HFEngine("tiny")
+    a, b, c = (engine.chat_ids([{"role": "user", "content": t}]) for t in ("a page about cats", "hi", "a long bakery"))
+    for sampling in (Sampling(0.8, 1.0, 24), Sampling(1.0, 0.9, 24)):
+        (alone,) = engine.generate([a], sampling, [123])
+        batched = engine.generate([b, a, c], sampling, [7, 123, 9])
+        assert batched[1].token_ids == alone.token_ids
+        assert max(abs(x - y) for x, y in zip(alone.logprobs, batched[1].logprobs)) < 1e-4
+        assert engine.generate([a], sampling, [124])[0].token_ids != alone.token_ids
+    # seeded(): the k-th ask of a prompt in a stream is draw k; another stream, other draws; a rerun, the same ones
+    async def asks(stream):
+        gen = seeded(Batcher(engine).generate, stream)  # a Batcher lives in one event loop
+        first = await gen(a, Sampling(0.8, 1.0, 16), 2)
+        again = await gen(a, Sampling(0.8, 1.0, 16))
+        return [x.token_ids for x in first + again]
+    one, rerun, other = run(asks(5)), run(asks(5)), run(asks(6))
+    assert one == rerun and len({tuple(x) for x in one}) == 3 and one != other

@@ -43,6 +43,12 @@ def test_vllm_engine_generates_concurrently_and_takes_pushed_weights_between_req
             assert all(lp <= 0 for c in comps for lp in c.logprobs) and {c.version for c in comps} == {0}
             stats = e.reset_stats()
             assert stats["requests"] == 4 and stats["max"] >= 2  # they were in flight together
+            # a request's seed fixes its tokens, whatever runs beside it (engine.seeded's per-request seeds)
+            a, b = await asyncio.gather(e.agenerate(prompt, Sampling(1.0, 1.0, 16), 2, seeds=[11, 12]),
+                                        e.agenerate(prompt + [5], Sampling(1.0, 1.0, 16), 1, seeds=[13]))
+            (again,) = await e.agenerate(prompt, Sampling(1.0, 1.0, 16), seeds=[11])
+            assert again.token_ids == a[0].token_ids and a[0].token_ids != a[1].token_ids
+            e.reset_stats()
 
             seq = prompt + comps[0].token_ids
             assert await e.logprobs(seq) == pytest.approx(HFEngine("tiny").logprobs(seq), abs=1e-3)
