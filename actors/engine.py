@@ -111,7 +111,8 @@ class HFEngine(ModelReceiver):
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
                 logits_processor=LogitsProcessorList(sampler), temperature=None, top_p=None,
                 top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True,
-                return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok)
+                return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok,
+                past_key_values=self._shared_prefill(prompts, ids, mask))
         new = out.sequences[:, width:]  # [B, T]
         logits = torch.stack(out.logits, dim=1).float()  # [B, T, V] raw logits
         if not greedy:
@@ -129,6 +130,22 @@ class HFEngine(ModelReceiver):
             finished = finished or any(s in text for s in sampling.stop)
             results.append(Completion(row[:n], lp[:n], text, finished, version))
         return results
+
+    def _shared_prefill(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor):
+        """A group's G samples and a revision's resamples repeat one prompt: encode each distinct prompt once (all
+        but its last token, which generate feeds) and copy its KV cache to the rows that ask it. None: no repeats."""
+        first: dict[tuple, int] = {}
+        for i, p in enumerate(prompts):
+            first.setdefault(tuple(p), i)
+        if len(first) == len(prompts) or ids.shape[1] < 2:
+            return None
+        distinct = list(first.values())  # row index of each distinct prompt
+        rows = torch.tensor([distinct.index(first[tuple(p)]) for p in prompts], device=self.device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        cache = self.model(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
+                           position_ids=position[distinct, :-1], use_cache=True).past_key_values
+        cache.batch_select_indices(rows)
+        return cache
 
     @torch.no_grad()
     def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:

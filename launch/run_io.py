@@ -101,14 +101,18 @@ class RunFiles:
         if path.is_file():
             rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
             path.write_text("".join(r + "\n" for r in rows))
-        for f in (self.root / "samples").glob("step-*.jsonl"):
+        for f in [*(self.root / "samples").glob("step-*.jsonl"), *(self.root / "samples").glob("heldout-0*.jsonl")]:
             if int(f.stem.split("-")[1]) > step:
                 f.unlink()
 
-    def write_step(self, metrics: dict, trajectories: list) -> None:
-        with open(self.root / "samples" / f"step-{metrics['step']:06d}.jsonl", "w") as f:
+    def write_samples(self, name: str, trajectories: list) -> None:
+        """samples/<name>.jsonl: one trajectory record a line (a step's rollout, or a held-out evaluation's pages)."""
+        with open(self.root / "samples" / f"{name}.jsonl", "w") as f:
             for t in trajectories:
                 f.write(json.dumps(t.to_json()) + "\n")
+
+    def write_step(self, metrics: dict, trajectories: list) -> None:
+        self.write_samples(f"step-{metrics['step']:06d}", trajectories)
         with open(self.root / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
 

@@ -155,7 +155,7 @@ class Trainer:
                        dropped_stale=len(got["trajs"]) - len(trajs), max_staleness=k, **got["engine"],
                        elapsed_s=time.perf_counter() - self.loop_t0)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-            held = self.evaluate()
+            held = self.evaluate(f"heldout-{step:06d}")
             metrics["heldout_reward"], metrics["heldout_first_reward"] = held["reward"], held["first_reward"]
             metrics.update({f"heldout_check_{name}": v for name, v in held["checks"].items()})
         self.files.write_step(metrics, trajs)
@@ -234,12 +234,15 @@ class Trainer:
                 print(f"weight push: a rollout worker is restarting ({type(e).__name__}); retrying", flush=True)
                 time.sleep(min(2 ** attempt, 10))
 
-    def evaluate(self) -> dict:
+    def evaluate(self, name: str) -> dict:
         """The held-out tasks under the current policy (run_io.quality): with trainer.eval_max_turns=1 (the default)
         the first page alone, i.e. the policy as deployed without a critic; 0 = through the training loop. Every
-        evaluation draws from the same streams (common random numbers): before and after differ by the policy only."""
-        return quality(self.rollout(self.heldout, self.cfg.trainer.seed * 1_000_003 - 1,
-                                    max_turns=self.cfg.trainer.eval_max_turns))
+        evaluation draws from the same streams (common random numbers): before and after differ by the policy only.
+        Its pages are kept in samples/<name>.jsonl (heldout-baseline, heldout-NNNNNN, heldout-final)."""
+        trajs = self.rollout(self.heldout, self.cfg.trainer.seed * 1_000_003 - 1,
+                             max_turns=self.cfg.trainer.eval_max_turns)
+        self.files.write_samples(name, trajs)
+        return quality(trajs)
 
     def save(self, step: int) -> None:
         state = {"step": step, "policy_version": self.learner.version, "data_seed": self.cfg.data.seed}
@@ -261,7 +264,7 @@ class Trainer:
             self.setup()
             result, t_start, accepted = {}, time.time(), []
             if self.cfg.trainer.learning_check:
-                baseline = self.evaluate()
+                baseline = self.evaluate("heldout-baseline")
             def on_step(metrics: dict) -> None:
                 result.update(metrics)
                 accepted.append(metrics["accepted_revisions_per_trajectory"])
@@ -280,7 +283,7 @@ class Trainer:
                         self.save(step)
                         break
             if self.cfg.trainer.learning_check:
-                final = self.evaluate()
+                final = self.evaluate("heldout-final")
                 line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
                         "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
                         "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,

@@ -167,3 +167,23 @@ def test_a_seeded_request_samples_the_same_tokens_in_any_batch():
         return [x.token_ids for x in first + again]
     one, rerun, other = run(asks(5)), run(asks(5)), run(asks(6))
     assert one == rerun and len({tuple(x) for x in one}) == 3 and one != other
+
+
+def test_repeated_prompts_are_encoded_once_and_sample_as_if_alone():
+    """A group's samples (and a revision's resamples) repeat one prompt: the engine encodes each distinct prompt once
+    and copies its KV cache to the rows that ask it; what each row samples is unchanged."""
+    engine = HFEngine("tiny")
+    a, b = (engine.chat_ids([{"role": "user", "content": t}]) for t in ("a page about cats", "hi"))
+    sampling = Sampling(0.8, 1.0, 12)
+    shapes = []
+    hook = engine.model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                  with_kwargs=True)
+    try:
+        together = engine.generate([a, b, a, a], sampling, [1, 2, 3, 4])
+    finally:
+        hook.remove()
+    assert shapes[0] == (2, len(a) - 1) and shapes[1][0] == 4  # two prompts encoded, then four rows decode
+    for prompt, seed, got in zip([a, b, a, a], [1, 2, 3, 4], together):
+        (alone,) = engine.generate([prompt], sampling, [seed])
+        assert got.token_ids == alone.token_ids
+        assert max(abs(x - y) for x, y in zip(got.logprobs, alone.logprobs)) < 1e-4

@@ -138,6 +138,9 @@ def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
         assert {"terms", "elements", "layout"} <= set(line["baseline_checks"])  # the taught page renders: checks exist
     arms = [line["arm"] for line in lines if "arm" in line]
     assert arms == ["base", "web_rl", "relook", "relook_no_fo"]
+    for name in ("heldout-baseline", "heldout-000001", "heldout-final"):  # the evaluated pages, kept for reading
+        held = [json.loads(line) for line in open(out / "relook" / "samples" / f"{name}.jsonl")]
+        assert len(held) == 2 and all(len(t["attempts"]) == 1 for t in held)  # 1 task x 2 samples, one-shot
     result = json.loads((out / "ablation.json").read_text())
     for name in arms[1:]:  # the budget (1 token) ends each trained arm after its first step
         a = result["arms"][name]
