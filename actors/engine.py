@@ -103,8 +103,9 @@ class HFEngine(ModelReceiver):
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = sampling.temperature <= 0
-        seeds = [int(torch.randint(2 ** 62, ())) if s is None else s for s in seeds or [None] * len(prompts)]
-        sampler = [] if greedy else [RowSampler(seeds, sampling.temperature, sampling.top_p, self.device)]
+        sampler = [] if greedy else [RowSampler([int(torch.randint(2 ** 62, ())) if s is None else s
+                                                 for s in seeds or [None] * len(prompts)],
+                                                sampling.temperature, sampling.top_p, self.device)]
         with self.lock:  # a push waits: one call is sampled by one policy version
             version = self.version
             out = self.model.generate(  # greedy over RowSampler's output = its draw; out.logits stay the raw ones
@@ -134,17 +135,15 @@ class HFEngine(ModelReceiver):
     def _shared_prefill(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor):
         """A group's G samples and a revision's resamples repeat one prompt: encode each distinct prompt once (all
         but its last token, which generate feeds) and copy its KV cache to the rows that ask it. None: no repeats."""
-        first: dict[tuple, int] = {}
-        for i, p in enumerate(prompts):
-            first.setdefault(tuple(p), i)
-        if len(first) == len(prompts) or ids.shape[1] < 2:
+        slot: dict[tuple, int] = {}  # prompt -> its place among the distinct ones
+        rows = [slot.setdefault(tuple(p), len(slot)) for p in prompts]  # [B] the distinct prompt each row asks
+        if len(slot) == len(prompts) or ids.shape[1] < 2:
             return None
-        distinct = list(first.values())  # row index of each distinct prompt
-        rows = torch.tensor([distinct.index(first[tuple(p)]) for p in prompts], device=self.device)
+        distinct = [rows.index(k) for k in range(len(slot))]  # first row of each distinct prompt
         position = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
         cache = self.model(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
                            position_ids=position[distinct, :-1], use_cache=True).past_key_values
-        cache.batch_select_indices(rows)
+        cache.batch_select_indices(torch.tensor(rows, device=self.device))
         return cache
 
     @torch.no_grad()
