@@ -151,7 +151,7 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "accepted_revisions": sum(a.accepted and a.turn > 0 for a in attempts), "attempts": len(attempts),
         "policy_version": learn["policy_version"], "loss": learn["loss"], "kl": learn["kl"],
         "clip_fraction": learn["clip_fraction"], "entropy": learn["entropy"], "grad_norm": learn["grad_norm"],
-        "flat_groups": learn["flat_groups"], "rollout_s": rollout_s, "learn_s": learn_s, "push_s": push_s,
+        "flat_groups": learn["flat_groups"], "optimizer_steps": learn["optimizer_steps"], "rollout_s": rollout_s, "learn_s": learn_s, "push_s": push_s,
         "generate_busy_s": busy["generate"], "render_busy_s": busy["render"], "critic_busy_s": busy["critic"],
         "overlap_ratio": rollout_s / max(max(busy.values()), 1e-9),
         "renders_per_s": sum(a.reason != "no_html" for a in attempts) / max(rollout_s, 1e-9),

@@ -24,7 +24,9 @@ class LearnerConfig:
     is_cap: float = 2.0  # decoupled loss: a token's importance weight pi_learner / pi_sampler is truncated at this
     kl_coef: float = 0.001  # k3 KL to the frozen reference model; 0 disables the reference model entirely
     micro_batch_size: int = 4  # trajectories per forward/backward on one rank
-    micro_batches_per_step: int = 0  # gradient accumulation steps per rank; 0 = from the first batch
+    micro_batches_per_step: int = 0  # gradient accumulation steps per rank and optimiser step; 0 = from the mini-batch size
+    mini_batches: int = 1  # optimiser steps per RL step: the batch is split in this many mini-batches, in task order (verl's ppo_mini_batch_size, as a count)
+    epochs: int = 1  # passes over the batch per RL step (PPO epochs): later passes are off-policy and the ratio clip bounds them
     adv_eps: float = 1e-6  # std epsilon in the group advantages
     credit: str = "trajectory"  # multi-turn credit: "trajectory" (every token gets the final reward's group advantage) or "turn" (the first reply's tokens get the mean of that and its own one-shot advantage: core_algos.turn_advantages)
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
@@ -48,6 +50,8 @@ class LearnerConfig:
             ("is_cap", self.is_cap >= 1, ">= 1"),
             ("credit", self.credit in CREDITS, f"one of {list(CREDITS)}"),
             ("micro_batch_size", self.micro_batch_size >= 1, "an integer >= 1"),
+            ("mini_batches", self.mini_batches >= 1, "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
             ("weight_sync", self.weight_sync in TRANSPORTS, f"one of {list(TRANSPORTS)}"),
             ("bucket_mb", self.bucket_mb > 0, "> 0"),

@@ -26,6 +26,15 @@ def shard(samples: list[dict], ranks: int) -> list[list[dict]]:
     return out
 
 
+def split(samples: list[dict], count: int) -> list[list[dict]]:
+    """`count` mini-batches of consecutive samples (task order, so a group stays together where sizes allow),
+    as even as possible; fewer when there are fewer samples."""
+    count = max(1, min(count, len(samples)))
+    size, extra = divmod(len(samples), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [samples[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def _as_dict(t) -> dict:
     return t if isinstance(t, dict) else t.__dict__
 
@@ -36,7 +45,7 @@ class Learner:
         """gpus_per_rank: None = 1 where the learner trains on CUDA; placement: per-rank Ray options (a bundle of the
         run's placement group, launch/placement.py)."""
         self.cfg = cfg.validate()
-        per_rank = math.ceil(trajectories_per_step / cfg.ranks)
+        per_rank = math.ceil(math.ceil(trajectories_per_step / cfg.mini_batches) / cfg.ranks)  # one optimiser step's share
         gas = cfg.micro_batches_per_step or max(1, math.ceil(per_rank / cfg.micro_batch_size))
         gpus = gpus_per_rank if gpus_per_rank is not None else (
             1 if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else 0)
@@ -79,24 +88,29 @@ class Learner:
             first_adv, _ = algos.group_advantages(first, groups, first_unscorable, self.cfg.adv_eps)  # [N]
             for s, r, a in zip(samples, rows, first_adv):
                 s["first_advantage"], s["first_end"] = float(a), r.get("first_end", len(r["token_ids"]))
-        global_tokens = int(sum(sum(s["loss_mask"]) for s in samples))
-        parts = ray.get([rank.step.remote(part, global_tokens)
-                         for rank, part in zip(self.ranks, shard(samples, len(self.ranks)))])
+        parts = []
+        for _ in range(self.cfg.epochs):  # PPO epochs; mini-batches in task order, one optimiser step each
+            for mini in split(samples, self.cfg.mini_batches):
+                global_tokens = int(sum(sum(s["loss_mask"]) for s in mini))
+                parts += ray.get([rank.step.remote(part, global_tokens)
+                                  for rank, part in zip(self.ranks, shard(mini, len(self.ranks)))])
         self.version += 1
         tokens = max(sum(p["tokens"] for p in parts), 1.0)
+        updates = self.cfg.epochs * len(split(samples, self.cfg.mini_batches))
         return {"loss": sum(p["loss"] for p in parts) / tokens, "kl": sum(p["kl"] for p in parts) / tokens,
                 "clip_fraction": sum(p["clipped"] for p in parts) / tokens,
-                "entropy": sum(p["entropy"] for p in parts) / tokens, "grad_norm": parts[0]["grad_norm"],
+                "entropy": sum(p["entropy"] for p in parts) / tokens, "grad_norm": parts[-len(self.ranks)]["grad_norm"],
                 "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if len(adv) > 1 else 0.0,
                 "adv_abs_max": float(adv.abs().max()), "flat_groups": flat, "groups": len(task_ids),
-                "train_tokens": global_tokens, "policy_version": self.version}
+                "train_tokens": int(sum(sum(s["loss_mask"]) for s in samples)), "optimizer_steps": updates,
+                "policy_version": self.version}
 
     def skip(self) -> dict:
         """A step with nothing to train on (every sample too stale): the weights stay, the version moves on."""
         self.version += 1
         return {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
                 "adv_std": 0.0, "adv_abs_max": 0.0, "flat_groups": 0, "groups": 0, "train_tokens": 0,
-                "policy_version": self.version}
+                "optimizer_steps": 0, "policy_version": self.version}
 
     def logprobs(self, token_ids: list[int]) -> list[float]:
         """Every rank runs the forward (under ZeRO-3 each holds a slice of the weights); rank 0's answer."""

@@ -93,6 +93,24 @@ def test_two_ranks_zero_match_one_rank(stage):
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5) and m1["train_tokens"] == m2["train_tokens"]
 
 
+def test_mini_batches_are_one_optimiser_step_each_and_epochs_reuse_the_batch():
+    """learner.mini_batches=2 on two groups of 4 = the same learner stepped on each group in turn (the advantages
+    are per group, each mini-batch is its own token mean); learner.epochs=2 makes a second pass, off-policy, which
+    the ratio clip sees."""
+    rows = batch(seed=2)
+    split_run, by_hand = make(mini_batches=2), make()
+    with_old_logprobs(split_run, rows)
+    m = split_run.step(rows)
+    by_hand.step(rows[:4])
+    by_hand.step(rows[4:])
+    a, b = split_run.state_dict(), by_hand.state_dict()
+    assert m["optimizer_steps"] == 2 and split_run.version == 1
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    twice = make(epochs=2, lr=5e-3)
+    m2 = twice.step(rows)
+    assert m2["optimizer_steps"] == 2 and m2["clip_fraction"] > 0  # the second pass moved past the clip somewhere
+
+
 def test_checkpoint_resume_is_bit_identical_and_loads_in_transformers(tmp_path):
     rows = batch(seed=2)
     learner = make(zero_stage=2)
