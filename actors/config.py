@@ -26,6 +26,7 @@ class RolloutConfig:
     feedback_role: str = "tool"  # role of the critic's message in the conversation ("tool"; "user" for templates without tools)
     system_prompt: str = SYSTEM_PROMPT  # system message of every conversation
     max_batch: int = 16  # generate requests merged into one engine call
+    batch_wait_s: float = 3.0  # HF engine: a call waits at most this long for trajectories still rendering or being critiqued to ask too (0 = what is waiting goes at once)
     workers: int = 1  # rollout workers (Ray actors), each with its own engine
     max_groups_in_flight: int = 2  # groups one worker runs at once (others generate while one waits on render/critic)
 
@@ -40,6 +41,7 @@ class RolloutConfig:
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
             ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
             ("workers", self.workers >= 1, "an integer >= 1"),
+            ("batch_wait_s", self.batch_wait_s >= 0, "seconds >= 0"),
         ]
         return check("rollout", self, checks)
 

@@ -170,14 +170,22 @@ def count_call(counts: dict, requests: int, batch: int, ready: int) -> None:
 
 
 class Batcher:
-    """Collects concurrent generate requests (trajectories waiting on their next turn) into engine calls: whatever is
-    waiting when a call can start goes into it, one call per distinct sampling setting. Counts what it did (`stats`):
-    engine calls, requests per call, and how many requests were waiting when each call began."""
+    """Collects concurrent generate requests (trajectories waiting on their next turn) into engine calls, one call per
+    distinct sampling setting. Counts what it did (`stats`): engine calls, requests per call, and how many requests
+    were waiting when each call began.
 
-    def __init__(self, engine, max_batch: int = 16, window_s: float = 0.01):
-        self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+    When a call can start it waits for the trajectories that are away - rendering or being critiqued, and so about to
+    ask again (the rollout counts them with `join` and `leave`, rollout.on_engine): a revision phase is then one
+    engine call instead of one per wave of renders, each a full sequential decode. It waits at most `max_wait_s` from
+    the first waiting request, and not at all once none is away or `max_batch` requests wait. With none counted
+    (inference) whatever is waiting goes at once."""
+
+    def __init__(self, engine, max_batch: int = 16, window_s: float = 0.01, max_wait_s: float = 0.0):
+        self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._changed: asyncio.Event | None = None
+        self.away = 0  # trajectories that will ask again but have not yet (join / leave)
         self.reset_stats()
 
     def reset_stats(self) -> dict:
@@ -185,22 +193,49 @@ class Batcher:
         old, self.stats = getattr(self, "stats", None), engine_counts()
         return old
 
+    def join(self, n: int = 1) -> None:
+        """n trajectories are away and will ask again: a call waits for them (up to max_wait_s)."""
+        self.away += n
+
+    def leave(self) -> None:
+        """A trajectory is no longer away: it is asking now, or it is done."""
+        self.away -= 1
+        if self._changed is not None:
+            self._changed.set()
+
     async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1,
                        seeds: list[int] | None = None) -> list[Completion]:
         if self._task is None:
-            self._queue = asyncio.Queue()
+            self._queue, self._changed = asyncio.Queue(), asyncio.Event()
             self._task = asyncio.ensure_future(self._run())
         futures = [asyncio.get_running_loop().create_future() for _ in range(n)]
         for f, seed in zip(futures, seeds or [None] * n):
             self._queue.put_nowait((prompt, sampling, f, seed))
+        self._changed.set()
         return list(await asyncio.gather(*futures))
+
+    async def _gather(self) -> list:
+        """The next call's requests: the first to arrive and all that arrive while trajectories are away (bounded
+        by max_wait_s from the first, and by max_batch)."""
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        await asyncio.sleep(self.window_s)
+        while True:
+            while not self._queue.empty() and len(batch) < self.max_batch:
+                batch.append(self._queue.get_nowait())
+            left = deadline - loop.time()
+            if len(batch) >= self.max_batch or self.away <= 0 or left <= 0:
+                return batch
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            await asyncio.sleep(self.window_s)
-            while not self._queue.empty() and len(batch) < self.max_batch:
-                batch.append(self._queue.get_nowait())
+            batch = await self._gather()
             groups: dict[Sampling, list] = {}
             for item in batch:  # one engine call per distinct sampling setting (a value, so equal ones merge)
                 groups.setdefault(item[1], []).append(item)

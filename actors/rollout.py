@@ -222,18 +222,43 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     return traj
 
 
+def on_engine(generate, presence):
+    """`generate` as one trajectory uses it, counted by `presence` (an engine's Batcher: join/leave): between its
+    requests the trajectory is away (rendering, being critiqued) and the engine's next call may wait for it."""
+    async def ask(prompt_ids: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
+        presence.leave()
+        try:
+            return await generate(prompt_ids, sampling, n)
+        finally:
+            presence.join(1)
+    return ask
+
+
 async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
                     revision: RevisionConfig | None = None, shaping: RewardConfig | None = None,
-                    specs=None) -> list[Trajectory]:
+                    specs=None, presence=None) -> list[Trajectory]:
     """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
-    one waiting on its render or critique never blocks the others."""
+    one waiting on its render or critique never blocks the others. presence: the engine's Batcher (join/leave),
+    told which trajectories are away and will ask again, so that one engine call serves them together."""
     prompt_ids = conv.prompt_ids(task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     t = time.perf_counter()
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
-    trajs = await asyncio.gather(*(run_trajectory(task, g, c, prompt_ids, conv, generate, render, critique, cfg,
-                                                  revision, shaping, specs) for g, c in enumerate(firsts)))
+
+    async def one(g: int, first: Completion) -> Trajectory:
+        if presence is None:
+            return await run_trajectory(task, g, first, prompt_ids, conv, generate, render, critique, cfg,
+                                        revision, shaping, specs)
+        try:
+            return await run_trajectory(task, g, first, prompt_ids, conv, on_engine(generate, presence), render,
+                                        critique, cfg, revision, shaping, specs)
+        finally:
+            presence.leave()
+
+    if presence is not None:
+        presence.join(len(firsts))
+    trajs = await asyncio.gather(*(one(g, c) for g, c in enumerate(firsts)))
     for tr in trajs:
         tr.timings_s["generate"] += gen_s
     return list(trajs)

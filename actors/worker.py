@@ -42,10 +42,10 @@ class _AgentLoop:
         self.cfg = cfg.validate()
         self.revision, self.shaping = (revision or RevisionConfig()).validate(), (reward or RewardConfig()).validate()
         if hasattr(self, "agenerate"):  # vLLM batches by itself (continuous batching) and counts its requests
-            self.sample, self.counts = self.agenerate, self
+            self.sample, self.counts, self.presence = self.agenerate, self, None
         else:  # the HF engine: concurrent requests merged into calls by a Batcher
-            batcher = Batcher(self, max_batch=cfg.max_batch)
-            self.sample, self.counts = batcher.generate, batcher
+            batcher = Batcher(self, max_batch=cfg.max_batch, max_wait_s=cfg.batch_wait_s)
+            self.sample, self.counts, self.presence = batcher.generate, batcher, batcher
         self.conv = Conversation(self.tokenizer, cfg.system_prompt, cfg.feedback_role)
         self.farm = RenderFarm(workers=render_workers)
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
@@ -58,7 +58,8 @@ class _AgentLoop:
         cfg = dataclasses.replace(self.cfg, max_turns=max_turns) if max_turns else self.cfg
         generate = self.sample if seed is None else seeded(self.sample, seed)
         return await run_group(task, self.conv, generate, self.farm.render, self.critic.critique, cfg,
-                               self.revision, self.shaping, self.check_specs if "web_bench" in task else None)
+                               self.revision, self.shaping, self.check_specs if "web_bench" in task else None,
+                               self.presence)
 
     async def check_specs(self, task: dict, files: dict):
         """The pass fraction of a Web-Bench task's own spec on a file set, on this worker's spec server (one Node

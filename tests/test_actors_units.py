@@ -1,5 +1,6 @@
 """The agent loop's pure rules, token bookkeeping and engine batching: no Ray, no Chromium."""
 import asyncio
+import time
 
 import pytest
 
@@ -146,6 +147,48 @@ def test_requests_with_equal_sampling_share_one_engine_call():
     # its counts: 2 calls, 3 requests, at most 2 in one call; 3 were waiting as the first call began, 1 the second
     assert b.reset_stats() == {"calls": 2, "requests": 3, "max": 2, "ready": 4}
     assert b.stats["calls"] == 0
+
+
+def test_a_call_waits_for_trajectories_still_rendering_but_not_past_its_bound():
+    """Trajectories whose renders finish at different times (0.05, 0.2, 0.4 s) ask for their revisions in one
+    engine call when the Batcher knows they are away (rollout.on_engine); without that, or once its wait bound
+    passes, what is waiting goes alone."""
+    from actors.rollout import on_engine
+    engine = HFEngine("tiny")
+    calls, started = [], []
+    real = engine.generate
+
+    def counting(prompts, sampling, seeds=None):
+        calls.append(len(prompts))
+        started.append(time.monotonic())
+        return real(prompts, sampling, seeds)
+
+    engine.generate = counting
+    prompt = engine.chat_ids([{"role": "user", "content": "hi"}])
+
+    async def revisions(max_wait_s, renders, asks):
+        b = Batcher(engine, max_wait_s=max_wait_s)
+        b.join(len(renders))
+
+        async def trajectory(render_s, asking):
+            await asyncio.sleep(render_s)  # its page is being rendered and critiqued
+            if asking:
+                await on_engine(b.generate, b)(prompt, Sampling(0.8, 1.0, 4))
+            b.leave()  # done
+
+        t = time.monotonic()
+        await asyncio.gather(*(trajectory(r, a) for r, a in zip(renders, asks)))
+        return t
+
+    run(revisions(5.0, [0.05, 0.2, 0.4], [True] * 3))
+    assert calls == [3]
+    calls.clear()
+    run(revisions(0.0, [0.05, 0.2, 0.4], [True] * 3))
+    assert calls == [1, 1, 1]
+    calls.clear()
+    # one trajectory never asks and stays away for 4 s: the others' call goes at the bound (0.5 s), not at 4 s
+    t0 = run(revisions(0.5, [0.05, 0.1, 4.0], [True, True, False]))
+    assert calls == [2] and 0.5 <= started[-1] - t0 < 2.0
 
 
 def test_a_seeded_request_samples_the_same_tokens_in_any_batch():
