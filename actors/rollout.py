@@ -246,15 +246,15 @@ async def run_group(task: dict, conv: Conversation, generate, render, critique, 
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
 
+    asks = generate if presence is None else on_engine(generate, presence)
+
     async def one(g: int, first: Completion) -> Trajectory:
-        if presence is None:
-            return await run_trajectory(task, g, first, prompt_ids, conv, generate, render, critique, cfg,
-                                        revision, shaping, specs)
         try:
-            return await run_trajectory(task, g, first, prompt_ids, conv, on_engine(generate, presence), render,
-                                        critique, cfg, revision, shaping, specs)
+            return await run_trajectory(task, g, first, prompt_ids, conv, asks, render, critique, cfg, revision,
+                                        shaping, specs)
         finally:
-            presence.leave()
+            if presence is not None:
+                presence.leave()
 
     if presence is not None:
         presence.join(len(firsts))
