@@ -88,21 +88,21 @@ class Learner:
             first_adv, _ = algos.group_advantages(first, groups, first_unscorable, self.cfg.adv_eps)  # [N]
             for s, r, a in zip(samples, rows, first_adv):
                 s["first_advantage"], s["first_end"] = float(a), r.get("first_end", len(r["token_ids"]))
+        minis = split(samples, self.cfg.mini_batches)  # in task order, one optimiser step each
+        mini_tokens = [int(sum(sum(s["loss_mask"]) for s in mini)) for mini in minis]  # each its own token mean
         parts = []
-        for _ in range(self.cfg.epochs):  # PPO epochs; mini-batches in task order, one optimiser step each
-            for mini in split(samples, self.cfg.mini_batches):
-                global_tokens = int(sum(sum(s["loss_mask"]) for s in mini))
+        for _ in range(self.cfg.epochs):  # PPO epochs
+            for mini, global_tokens in zip(minis, mini_tokens):
                 parts += ray.get([rank.step.remote(part, global_tokens)
                                   for rank, part in zip(self.ranks, shard(mini, len(self.ranks)))])
         self.version += 1
         tokens = max(sum(p["tokens"] for p in parts), 1.0)
-        updates = self.cfg.epochs * len(split(samples, self.cfg.mini_batches))
         return {"loss": sum(p["loss"] for p in parts) / tokens, "kl": sum(p["kl"] for p in parts) / tokens,
                 "clip_fraction": sum(p["clipped"] for p in parts) / tokens,
                 "entropy": sum(p["entropy"] for p in parts) / tokens, "grad_norm": parts[-len(self.ranks)]["grad_norm"],
                 "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if len(adv) > 1 else 0.0,
                 "adv_abs_max": float(adv.abs().max()), "flat_groups": flat, "groups": len(task_ids),
-                "train_tokens": int(sum(sum(s["loss_mask"]) for s in samples)), "optimizer_steps": updates,
+                "train_tokens": sum(mini_tokens), "optimizer_steps": self.cfg.epochs * len(minis),
                 "policy_version": self.version}
 
     def skip(self) -> dict:
