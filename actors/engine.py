@@ -175,7 +175,7 @@ class Batcher:
     were waiting when each call began.
 
     When a call can start it waits for the trajectories that are away - rendering or being critiqued, and so about to
-    ask again (the rollout counts them with `join` and `leave`, rollout.on_engine): a revision phase is then one
+    ask again (the rollout counts them with `join` and `leave`: run_group): a revision phase is then one
     engine call instead of one per wave of renders, each a full sequential decode. It waits at most `max_wait_s` from
     the first waiting request, and not at all once none is away or `max_batch` requests wait. With none counted
     (inference) whatever is waiting goes at once."""

@@ -118,11 +118,13 @@ def site_of(task: dict, text: str, base: dict | None) -> dict | None:
 
 async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
                          generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
-                         shaping: RewardConfig | None = None, specs=None) -> Trajectory:
+                         shaping: RewardConfig | None = None, specs=None, away=None) -> Trajectory:
     """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
     render(RenderRequest) -> RenderResult; critique(CritiqueRequest) -> Critique; specs(task, files) -> SpecReport
-    for a task with files and specs (Web-Bench), whose pages are file sets ({path: text}) instead of one html."""
+    for a task with files and specs (Web-Bench), whose pages are file sets ({path: text}) instead of one html.
+    away(flag): told around each request whether the trajectory may ask again (run_group: the engine's Batcher)."""
     revision, shaping = revision or RevisionConfig(), shaping or RewardConfig()
+    away = away or (lambda flag: None)
     traj = Trajectory(task["id"], group_id, task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
@@ -190,10 +192,12 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         context, left, accepted = traj.token_ids + delta, cfg.max_resamples if cfg.forced_optimization else 1, None
         while left and accepted is None:  # resamples drawn `resamples_at_once` at a time, judged in draw order
             t = time.perf_counter()
+            away(False)
             drawn = await generate(context, edit_sampling if kind == "edits" else sampling,
                                    min(cfg.resamples_at_once, left))
             traj.timings_s["generate"] += time.perf_counter() - t
             left -= len(drawn)
+            away(bool(left) or turn + 1 < cfg.max_turns)  # judging now; may ask again (a resample, a next turn)
             for candidate in drawn:  # every one drawn is judged and recorded; the first that improves is kept
                 new, note = (site_of(task, candidate.text, best_html), "files") if site else \
                     revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
@@ -222,42 +226,35 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
     return traj
 
 
-def on_engine(generate, presence):
-    """`generate` as one trajectory uses it, counted by `presence` (an engine's Batcher: join/leave): between its
-    requests the trajectory is away (rendering, being critiqued) and the engine's next call may wait for it."""
-    async def ask(prompt_ids: list[int], sampling: Sampling, n: int = 1) -> list[Completion]:
-        presence.leave()
-        try:
-            return await generate(prompt_ids, sampling, n)
-        finally:
-            presence.join(1)
-    return ask
-
-
 async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,
                     revision: RevisionConfig | None = None, shaping: RewardConfig | None = None,
                     specs=None, presence=None) -> list[Trajectory]:
     """G trajectories for one task: the first pages in one batched call, then each trajectory on its own, so
     one waiting on its render or critique never blocks the others. presence: the engine's Batcher (join/leave),
-    told which trajectories are away and will ask again, so that one engine call serves them together."""
+    told which trajectories are away (rendering, being critiqued) and may ask again, so that one engine call serves
+    them together; one in its last request (or a one-turn run) is not waited for."""
     prompt_ids = conv.prompt_ids(task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     t = time.perf_counter()
     firsts = await generate(prompt_ids, sampling, cfg.group_size)
     gen_s = (time.perf_counter() - t) / cfg.group_size
 
-    asks = generate if presence is None else on_engine(generate, presence)
-
     async def one(g: int, first: Completion) -> Trajectory:
-        try:
-            return await run_trajectory(task, g, first, prompt_ids, conv, asks, render, critique, cfg, revision,
-                                        shaping, specs)
-        finally:
-            if presence is not None:
-                presence.leave()
+        counted = False
 
-    if presence is not None:
-        presence.join(len(firsts))
+        def away(flag: bool) -> None:  # this trajectory's count in presence, changed only when its state does
+            nonlocal counted
+            if presence is not None and flag != counted:
+                presence.join(1) if flag else presence.leave()
+                counted = flag
+
+        away(cfg.max_turns > 1)  # its first page is being judged: a revision may follow
+        try:
+            return await run_trajectory(task, g, first, prompt_ids, conv, generate, render, critique, cfg, revision,
+                                        shaping, specs, away)
+        finally:
+            away(False)
+
     trajs = await asyncio.gather(*(one(g, c) for g, c in enumerate(firsts)))
     for tr in trajs:
         tr.timings_s["generate"] += gen_s

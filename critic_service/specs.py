@@ -222,8 +222,9 @@ def _walk(suite: dict, titles: list[str], out: SpecReport) -> None:
 
 
 def official_check(project: Project, files: str | Path, task: int, production: bool = True,
-                   timeout_s: float = 1800) -> SpecReport:
-    """Run init.spec ... task-N.spec of `project` on the files in folder `files` with the official runner."""
+                   timeout_s: float = 1800, workers: int = 0) -> SpecReport:
+    """Run init.spec ... task-N.spec of `project` on the files in folder `files` with the official runner. workers:
+    its test workers, through the projects' own knob (MAX_TEST_WORKERS); 0 = the config's default (half the CPUs)."""
     t0 = time.perf_counter()
     report = SpecReport(project.name, task)
     with tempfile.TemporaryDirectory(prefix=f"relook-wb-{project.name}-") as tmp:
@@ -238,6 +239,8 @@ def official_check(project: Project, files: str | Path, task: int, production: b
                    PATH=f"{work / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}")
         if production:
             env["IS_EVAL_PRODUCTION"] = "1"
+        if workers:
+            env["MAX_TEST_WORKERS"] = str(workers)
         cmd = ["node", str(work / "node_modules" / "@playwright" / "test" / "cli.js"), "test", "-c", "relook.config.mjs",
                "--reporter=json", *project.specs_up_to(task)]
         # its own process group (the runner, Chromium), which dies with us: SIGTERM from the kernel if this process

@@ -46,6 +46,7 @@ class EvalConfig:
     ray: str = "auto"  # "auto": generate on rollout workers when a Ray cluster is up, else in this process; "off"
     workers: int = 1  # rollout workers on a Ray cluster
     concurrency: int = 2  # tasks in flight in this process (their generate calls are batched together)
+    spec_workers: int = 0  # Web-Bench: the official runner's test workers (the projects' MAX_TEST_WORKERS; 0 = their default, half the CPUs); a failing spec mostly waits out its timeout, so more finish sooner
     seed: int = 0  # sampling seed
     progress: bool = True  # a progress bar
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -59,7 +60,8 @@ class EvalConfig:
     def validate(self) -> "EvalConfig":
         checks = [("ray", self.ray in ("auto", "off"), "'auto' or 'off'"),
                   ("workers", self.workers >= 1, "an integer >= 1"),
-                  ("concurrency", self.concurrency >= 1, "an integer >= 1")]
+                  ("concurrency", self.concurrency >= 1, "an integer >= 1"),
+                  ("spec_workers", self.spec_workers >= 0, "an integer >= 0 (0 = the project's default)")]
         check("", self, checks)
         return _validate_parts(self)
 

@@ -1,6 +1,6 @@
 """Web-Bench, scored the way its authors score it.
 
-    python launch/web_bench.py check --project DIR --files DIR --task N [--fast] [--training-timeouts]
+    python launch/web_bench.py check --project DIR --files DIR --task N [--fast] [--training-timeouts] [--workers K]
 prints one JSON line {"project", "task", "passed", "failed", "total", "failures": [...]} for the project's specs
 init ... task-N run on the files in DIR (the official @playwright/test runner unless --fast).
 
@@ -131,7 +131,8 @@ async def run_project(project: Project, judges: Judges, out: Path, done: list[di
             write_files(new, out / rel / "files")
             (out / rel / "reply.md").write_text(reply, encoding="utf-8")
             page, score = await judges.look(task["description"], new)
-            report = await asyncio.to_thread(official_check, project, out / rel / "files", n, True)
+            report = await asyncio.to_thread(official_check, project, out / rel / "files", n, True,
+                                             workers=judges.cfg.spec_workers)
             shots = []
             for i, png in enumerate(page.screenshots if page is not None else []):
                 (out / rel / f"shot{i}.png").write_bytes(png)
@@ -221,8 +222,9 @@ def evaluate(cfg, max_tasks: int = 20) -> dict:
 
     asyncio.run(run())
     summary = summarize(found, rows, max_tasks)
-    summary.update(model=cfg.model.name, critic=cfg.critic.backend, protocol="web-bench: sequential tasks from "
-                   "src-init, official @playwright/test specs (IS_EVAL_PRODUCTION), 2 attempts, stop on a task failed twice")
+    summary.update(model=cfg.model.name, critic=cfg.critic.backend, spec_workers=cfg.spec_workers,
+                   protocol="web-bench: sequential tasks from src-init, official @playwright/test specs "
+                   "(IS_EVAL_PRODUCTION), 2 attempts, stop on a task failed twice")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.html").write_text(report_html(rows, summary), encoding="utf-8")
     return summary
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--files", required=True, help="the folder to serve as the project's src/")
     c.add_argument("--task", required=True, help="N: specs init, task-1 ... task-N (0 or 'init': init only)")
     c.add_argument("--fast", action="store_true", help="the training spec server instead of the official runner")
+    c.add_argument("--workers", type=int, default=0,
+                   help="the official runner's test workers (MAX_TEST_WORKERS; 0 = the project's default)")
     c.add_argument("--training-timeouts", action="store_true",
                    help="training's timeouts: the config's short (non-production) ones; with --fast also training's "
                         "reward.spec_wait_ms cap and reward.spec_lanes")
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 return await server.check(project, args.files, project.specs_up_to(task), task, production)
         report = asyncio.run(fast())
     else:
-        report = official_check(project, args.files, task, production)
+        report = official_check(project, args.files, task, production, workers=args.workers)
     d = report.to_json()
     print(json.dumps({k: d[k] for k in ("project", "task", "passed", "failed", "total", "failures", "skipped",
                                         "seconds", "error")}))

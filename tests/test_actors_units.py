@@ -151,9 +151,8 @@ def test_requests_with_equal_sampling_share_one_engine_call():
 
 def test_a_call_waits_for_trajectories_still_rendering_but_not_past_its_bound():
     """Trajectories whose renders finish at different times (0.05, 0.2, 0.4 s) ask for their revisions in one
-    engine call when the Batcher knows they are away (rollout.on_engine); without that, or once its wait bound
-    passes, what is waiting goes alone."""
-    from actors.rollout import on_engine
+    engine call when the Batcher knows they are away (join / leave, as run_group counts them); without that, or once
+    its wait bound passes, what is waiting goes alone."""
     engine = HFEngine("tiny")
     calls, started = [], []
     real = engine.generate
@@ -172,9 +171,9 @@ def test_a_call_waits_for_trajectories_still_rendering_but_not_past_its_bound():
 
         async def trajectory(render_s, asking):
             await asyncio.sleep(render_s)  # its page is being rendered and critiqued
+            b.leave()  # it asks now, for the last time, or it is done
             if asking:
-                await on_engine(b.generate, b)(prompt, Sampling(0.8, 1.0, 4))
-            b.leave()  # done
+                await b.generate(prompt, Sampling(0.8, 1.0, 4))
 
         t = time.monotonic()
         await asyncio.gather(*(trajectory(r, a) for r, a in zip(renders, asks)))
@@ -189,6 +188,51 @@ def test_a_call_waits_for_trajectories_still_rendering_but_not_past_its_bound():
     # one trajectory never asks and stays away for 4 s: the others' call goes at the bound (0.5 s), not at 4 s
     t0 = run(revisions(0.5, [0.05, 0.1, 4.0], [True, True, False]))
     assert calls == [2] and 0.5 <= started[-1] - t0 < 2.0
+
+
+def test_a_trajectory_is_waited_for_only_while_it_may_ask_again():
+    """run_group counts a trajectory as away (an engine call may wait for it) while its page is judged and another
+    request may follow: not during its last attempt's judgement, and never in a one-turn run (held-out evaluation)."""
+    from actors.rollout import run_group
+    from critic_service.critique import Critique
+    conv = Conversation(HFEngine("tiny").tokenizer, "sys", "tool")
+    page = "```html\n<html><body><h1>x</h1></body></html>\n```"
+
+    class Presence:  # the Batcher's join / leave, logged
+        def __init__(self):
+            self.away, self.log = 0, []
+
+        def join(self, n=1):
+            self.away += n
+            self.log.append(self.away)
+
+        def leave(self):
+            self.away -= 1
+            self.log.append(self.away)
+
+    def group(max_turns, scores):
+        presence, judged = Presence(), []
+
+        async def generate(prompt, sampling, n=1):
+            return [Completion([1, 2], [-1.0, -1.0], page, True) for _ in range(n)]
+
+        async def render(req):
+            return RenderResult(True, None)
+
+        async def critique(req):
+            judged.append(presence.away)
+            return Critique(scores[len(judged) - 1], "fb", backend="scripted")
+
+        cfg = RolloutConfig(group_size=1, max_turns=max_turns, max_resamples=2)
+        trajs = run(run_group({"id": "t", "prompt": "p"}, conv, generate, render, critique, cfg, presence=presence))
+        return trajs[0], presence, judged
+
+    # first page 40; a revision's first attempt 30 (rejected, a resample follows), its second 50 (the last request)
+    traj, presence, judged = group(2, [40, 30, 50])
+    assert [a.score for a in traj.attempts] == [40, 30, 50] and traj.final_score == 50
+    assert judged == [1, 1, 0] and presence.log == [1, 0, 1, 0] and presence.away == 0
+    traj, presence, judged = group(1, [40])
+    assert judged == [0] and presence.log == [] and traj.final_score == 40
 
 
 def test_a_seeded_request_samples_the_same_tokens_in_any_batch():

@@ -71,10 +71,11 @@ def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(dat
     """`launch/web_bench.py check` with @playwright/test, the project's own config, Debian's Chromium."""
     project = data_dir / "web-bench" / "calculator-files"
     done = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(project), "--files",
-                           str(project / "src"), "--task", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           str(project / "src"), "--task", "20", "--workers", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     ref = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and ref["failed"] == 0 and ref["total"] == ref["passed"] > 40, ref
-    start = official_check(Project(project), project / "src-init", 1)
+    start = official_check(Project(project), project / "src-init", 1, workers=4)  # failing specs wait: 4 at once
     assert start.failed > 0 and start.passed > 0 and start.error is None  # init passes, task-1 does not yet
     assert all(f["spec"] == "task-1.spec.js" for f in start.failures)
     bad = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(tmp_path), "--files",
@@ -135,7 +136,7 @@ def test_a_check_killed_mid_run_leaves_no_web_server_behind(data_dir):
                     os.killpg(os.getpgid(p), signal.SIGKILL)
 
 
-def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
+def _same_verdicts(project_name: str, data_dir, task: int, folder: str, workers: int = 0):
     """The training check (spec server, short timeouts capped at reward.spec_wait_ms, reward.spec_lanes tests at
     once) against the official runner with the benchmark's production timeouts: the same verdicts."""
     project = Project(data_dir / "web-bench" / project_name)
@@ -143,7 +144,8 @@ def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
     async def fast():
         async with SpecServer(RewardConfig.spec_lanes, RewardConfig.spec_wait_ms) as s:
             return await s.check(project, project.dir / folder, project.specs_up_to(task), task, production=False)
-    quick, official = run(fast()), official_check(project, project.dir / folder, task, production=True)
+    quick, official = run(fast()), official_check(project, project.dir / folder, task, production=True,
+                                                   workers=workers)
     assert quick.error is None and official.error is None, (quick.error, official.error)
     assert (quick.passed, quick.failed, quick.total) == (official.passed, official.failed, official.total)
     assert sorted(f["title"] for f in quick.failures) == sorted(f["title"] for f in official.failures)
@@ -154,7 +156,7 @@ def _same_verdicts(project_name: str, data_dir, task: int, folder: str):
 def test_the_spec_server_gives_the_official_verdicts(name, data_dir):
     ref = _same_verdicts(name, data_dir, 20, "src")
     assert ref.failed == 0
-    start = _same_verdicts(name, data_dir, 2, "src-init")
+    start = _same_verdicts(name, data_dir, 2, "src-init", workers=4)  # failing specs wait out timeouts: 4 at once
     assert start.failed > 0
 
 
@@ -162,7 +164,7 @@ def test_the_spec_server_gives_the_official_verdicts(name, data_dir):
 @pytest.mark.parametrize("name", PROJECTS)
 def test_every_bundled_reference_passes_and_the_spec_server_agrees(name, data_dir):
     assert _same_verdicts(name, data_dir, 20, "src").failed == 0
-    _same_verdicts(name, data_dir, 1, "src-init")
+    _same_verdicts(name, data_dir, 1, "src-init", workers=4)
 
 
 def test_the_specs_join_the_reward_and_the_feedback_in_training(data_dir):
@@ -201,11 +203,12 @@ def test_evaluate_runs_the_web_bench_protocol_and_resumes(tmp_path, data_dir):
     out = tmp_path / "wb"
     args = [sys.executable, "launch/evaluate.py", "model=tiny", "critic=heuristic", "data=web-bench",
             f"data.path={data_dir / 'web-bench' / 'flex'}", "self_edit.max_new_tokens=16", "progress=false",
-            "ray=off", f"out={out}"]
+            "ray=off", "spec_workers=4", f"out={out}"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"] == {"projects": 1, "tasks": 20, "pass@1": 0.0, "pass@2": 0.0, "error@1": 1.0}
+    assert summary["spec_workers"] == 4
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["flex/task-1"] and len(rows[0]["attempts"]) == 2
     assert rows[0]["attempts"][0]["failed"] > 0 and "task-1" in (out / "report.html").read_text()
