@@ -51,11 +51,11 @@ class _AgentLoop:
         self.critic = CriticClient(critic_url) if critic_url else None  # None: inference without a critic
         self._spec_server = None  # started on the first task with specs (Web-Bench)
 
-    async def rollout(self, task: dict, max_turns: int = 0, seed: int | None = None) -> list:
+    async def rollout(self, task: dict, overrides: dict | None = None, seed: int | None = None) -> list:
         """G trajectories for one task (actors/rollout.py), each turn tagged with the policy version that sampled it;
-        max_turns > 0 overrides rollout.max_turns (held-out evaluation runs one-shot); seed: the group's sampling
-        stream (engine.seeded: the same seed samples the same tokens on any worker, in any batch)."""
-        cfg = dataclasses.replace(self.cfg, max_turns=max_turns) if max_turns else self.cfg
+        overrides: rollout keys for this group only (a held-out evaluation: one-shot, its own temperature); seed: the
+        group's sampling stream (engine.seeded: the same seed samples the same tokens on any worker, in any batch)."""
+        cfg = dataclasses.replace(self.cfg, **overrides) if overrides else self.cfg
         generate = self.sample if seed is None else seeded(self.sample, seed)
         return await run_group(task, self.conv, generate, self.farm.render, self.critic.critique, cfg,
                                self.revision, self.shaping, self.check_specs if "web_bench" in task else None,
@@ -115,9 +115,10 @@ def rollout_worker(kind: str = "hf"):
 
 
 def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_retries: int = 6,
-                  stats: dict | None = None, max_turns: int = 0, seed: int | None = None) -> Iterator[tuple[dict, list]]:
+                  stats: dict | None = None, overrides: dict | None = None,
+                  seed: int | None = None) -> Iterator[tuple[dict, list]]:
     """Yield (task, trajectories) for every task, as each group finishes. `stats` (if given) counts
-    "resubmitted" groups and tracks "in_flight" for dashboards; max_turns > 0 overrides the workers' rollout.max_turns;
+    "resubmitted" groups and tracks "in_flight" for dashboards; overrides: rollout keys for these groups (Worker.rollout);
     seed: task i samples from stream seed * 10_007 + i wherever it runs (a resubmitted group resamples the same)."""
     stats = stats if stats is not None else {}
     stats.setdefault("resubmitted", 0)
@@ -135,7 +136,7 @@ def stream_groups(workers: list, tasks: list[dict], max_in_flight: int = 2, max_
             w = min(load, key=load.get)
             load[w] += 1
             stream = None if seed is None else seed * 10_007 + i
-            running[workers[w].rollout.remote(tasks[i], max_turns, stream)] = (w, i, attempt)
+            running[workers[w].rollout.remote(tasks[i], overrides, stream)] = (w, i, attempt)
         if not running:
             time.sleep(max(0.0, min(at for at, _, _ in delayed) - time.monotonic()))
             continue

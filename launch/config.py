@@ -74,7 +74,8 @@ class TrainerConfig:
     resume: str = "auto"  # "auto": continue from the latest checkpoint in output_dir; "never"; or a checkpoint path
     save_every: int = 1  # checkpoint every N steps (and at the end)
     eval_every: int = 0  # mean reward on held-out tasks every N steps (0 = never)
-    eval_max_turns: int = 1  # turns of a held-out evaluation: 1 = the first page alone (the policy as deployed, no critic); 0 = rollout.max_turns
+    eval_max_turns: int = 1  # turns of a held-out evaluation: 1 = the first page alone (no critic, as at inference); 0 = rollout.max_turns
+    eval_temperature: float = -1.0  # sampling temperature of a held-out evaluation: -1 = rollout.temperature; inference decodes at self_edit.temperature (0.2)
     seed: int = 0  # sampling seeds (per step and task, whichever worker runs it); also the learner's when learner.seed is -1
     wandb: str = "offline"  # wandb mode: "offline", "online" (needs a key) or "disabled"
     wandb_project: str = "relook"  # wandb project name
@@ -112,6 +113,8 @@ class TrainConfig:
             ("trainer.wandb", self.trainer.wandb in ("offline", "online", "disabled"), "'offline', 'online' or 'disabled'"),
             ("trainer.max_staleness", self.trainer.max_staleness >= 0, "an integer >= 0"),
             ("trainer.eval_max_turns", self.trainer.eval_max_turns >= 0, "an integer >= 0 (0 = rollout.max_turns)"),
+            ("trainer.eval_temperature", self.trainer.eval_temperature >= 0 or self.trainer.eval_temperature == -1,
+             ">= 0, or -1 (= rollout.temperature)"),
             ("trainer.token_budget", self.trainer.token_budget == 0 or (self.trainer.token_budget > 0 and
                                                                         not self.trainer.max_staleness),
              "0, or > 0 with trainer.max_staleness=0 (the budget is checked between synchronous steps)"),

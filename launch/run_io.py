@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 # Keys that may change between a checkpoint and its resumed run without changing what is trained.
 RESUME_FREE = ("trainer.max_steps", "trainer.resume", "trainer.progress", "trainer.wandb", "trainer.eval_every",
-               "trainer.eval_max_turns", "trainer.token_budget",
+               "trainer.eval_max_turns", "trainer.eval_temperature", "trainer.token_budget",
                "trainer.output_dir", "cluster.", "critic.url", "critic.port", "learner.push_timeout_s")
 
 

@@ -118,10 +118,10 @@ class Trainer:
 
     # -- one RL step ----------------------------------------------------------------------------------------------
 
-    def rollout(self, tasks: list[dict], seed: int, stats: dict | None = None, max_turns: int = 0) -> list:
+    def rollout(self, tasks: list[dict], seed: int, stats: dict | None = None, overrides: dict | None = None) -> list:
         """The trajectories of `tasks`, in task order (not finishing order), sampled from streams of `seed`."""
         got = stream_groups(self.workers, tasks, self.cfg.rollout.max_groups_in_flight, stats=stats,
-                            max_turns=max_turns, seed=seed)
+                            overrides=overrides, seed=seed)
         position = {id(task): i for i, task in enumerate(tasks)}
         return [t for _, group in sorted(got, key=lambda tg: position[id(tg[0])]) for t in group]
 
@@ -236,11 +236,14 @@ class Trainer:
 
     def evaluate(self, name: str) -> dict:
         """The held-out tasks under the current policy (run_io.quality): with trainer.eval_max_turns=1 (the default)
-        the first page alone, i.e. the policy as deployed without a critic; 0 = through the training loop. Every
-        evaluation draws from the same streams (common random numbers): before and after differ by the policy only.
+        the first page alone, without a critic; 0 = through the training loop. trainer.eval_temperature: the rollout's
+        by default, or inference's (self_edit.temperature, 0.2) to judge the policy as deployed. Every evaluation draws
+        from the same streams (common random numbers): before and after differ by the policy only.
         Its pages are kept in samples/<name>.jsonl (heldout-baseline, heldout-NNNNNN, heldout-final)."""
-        trajs = self.rollout(self.heldout, self.cfg.trainer.seed * 1_000_003 - 1,
-                             max_turns=self.cfg.trainer.eval_max_turns)
+        t = self.cfg.trainer
+        overrides = {**({"max_turns": t.eval_max_turns} if t.eval_max_turns else {}),
+                     **({"temperature": t.eval_temperature} if t.eval_temperature >= 0 else {})}
+        trajs = self.rollout(self.heldout, t.seed * 1_000_003 - 1, overrides=overrides)
         self.files.write_samples(name, trajs)
         return quality(trajs)
 
@@ -286,6 +289,8 @@ class Trainer:
                 final = self.evaluate("heldout-final")
                 line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
                         "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
+                        "eval_temperature": self.cfg.trainer.eval_temperature if self.cfg.trainer.eval_temperature
+                        >= 0 else self.cfg.rollout.temperature,
                         "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,
                         "credit": self.cfg.learner.credit,
                         "accepted_revisions_per_trajectory": round(sum(accepted) / max(len(accepted), 1), 4),

@@ -83,13 +83,16 @@ def test_a_seeded_rollout_samples_the_same_on_any_worker(cluster):
     sampling = [rollout_worker("hf").remote("tiny", cfg, farm.workers, url, seed=10 + i) for i in range(2)]
     tasks = [{**TASK, "id": f"s{i}"} for i in range(4)]
 
-    def tokens(workers, seed):
+    def tokens(workers, seed, overrides=None, few=tasks):
         return {task["id"]: [t.token_ids for t in group]
-                for task, group in stream_groups(workers, tasks, max_in_flight=2, seed=seed)}
+                for task, group in stream_groups(workers, few, max_in_flight=2, seed=seed, overrides=overrides)}
     one, two = tokens(sampling[:1], 7), tokens(sampling, 7)
     assert one == two
     other = tokens(sampling, 8)
     assert all(one[i] != other[i] for i in one)  # another seed, other draws
     assert all(len({tuple(x) for x in group}) == 2 for group in one.values())  # a group's samples differ
+    # overrides (a held-out evaluation's temperature) hold for those groups only: greedy, then the same draws again
+    greedy = tokens(sampling, 7, {"temperature": 0.0}, tasks[:1])["s0"]
+    assert greedy[0] == greedy[1] and tokens(sampling, 7, None, tasks[:1])["s0"] == one["s0"]
     for w in sampling + farm.workers:
         ray.kill(w)

@@ -61,6 +61,8 @@ def test_config_errors_fail_fast_naming_the_key(tmp_path):
     assert bad_group.returncode != 0 and "critic" in bad_group.stderr
     layout = cluster("cluster.placement=diagonal", out, timeout=60)
     assert layout.returncode == 2 and "cluster.placement='diagonal'" in layout.stderr
+    cold = cluster("trainer.eval_temperature=-0.5", out, timeout=60)
+    assert cold.returncode == 2 and "trainer.eval_temperature=-0.5" in cold.stderr and "-1" in cold.stderr
 
 
 def test_a_sweep_trains_each_job_in_its_own_folder(tmp_path):
@@ -126,11 +128,12 @@ def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
     run = cluster(f"model.name={taught_model}", "+experiment=ablation", "cluster.address=local", "trainer.max_steps=2",
                   "trainer.token_budget=1", "trainer.eval_every=1", "data.heldout_tasks=1", "data.limit=1",
                   "rollout.group_size=2", "rollout.max_new_tokens=80", "rollout.max_resamples=1",
-                  "trainer.wandb=disabled", f"trainer.output_dir={out}", timeout=600)
+                  "trainer.eval_temperature=0", "trainer.wandb=disabled", f"trainer.output_dir={out}", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     checks = [line for line in lines if "baseline_checks" in line]
     assert [line["max_turns"] for line in checks] == [1, 2, 2]  # web_rl, relook, relook_no_fo
+    assert {line["eval_temperature"] for line in checks} == {0}
     for line in checks:
         for key in ("baseline_reward", "final_reward", "minutes", "accepted_revisions_per_trajectory",
                     "final_checks", "baseline_valid_rate", "final_valid_rate", "task_checks_gain", "reward_formula"):
