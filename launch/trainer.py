@@ -287,10 +287,10 @@ class Trainer:
                         break
             if self.cfg.trainer.learning_check:
                 final = self.evaluate("heldout-final")
+                t = self.cfg.trainer.eval_temperature
                 line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
                         "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
-                        "eval_temperature": self.cfg.trainer.eval_temperature if self.cfg.trainer.eval_temperature
-                        >= 0 else self.cfg.rollout.temperature,
+                        "eval_temperature": t if t >= 0 else self.cfg.rollout.temperature,
                         "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,
                         "credit": self.cfg.learner.credit,
                         "accepted_revisions_per_trajectory": round(sum(accepted) / max(len(accepted), 1), 4),

@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--task {args.task!r} is out of range: 0 (init) .. {len(project.tasks) - 1}")
         if not Path(args.files).is_dir():
             raise FileNotFoundError(f"--files {args.files!r} is not a folder")
+        if args.workers < 0:
+            raise ValueError(f"--workers {args.workers} is invalid: expected an integer >= 0 (0 = the project's default)")
     except (FileNotFoundError, ValueError) as e:
         print(f"web_bench: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,10 @@ def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(dat
     bad = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(tmp_path), "--files",
                           str(tmp_path), "--task", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a Web-Bench project" in bad.stderr
+    neg = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(project), "--files",
+                          str(project / "src"), "--task", "1", "--workers", "-1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert neg.returncode == 2 and "--workers -1 is invalid" in neg.stderr
 
 
 def _processes() -> dict[int, tuple[int, str, str]]:
