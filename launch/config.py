@@ -122,6 +122,11 @@ class TrainConfig:
              "'decoupled' or 'auto' with trainer.max_staleness >= 1 (stale samples need the importance weight)"),
         ])
 
+    def resolved_eval_temperature(self) -> float:
+        """trainer.eval_temperature with its documented default made: -1 = rollout.temperature."""
+        t = self.trainer.eval_temperature
+        return t if t >= 0 else self.rollout.temperature
+
     def resolved_learner(self) -> LearnerConfig:
         """The learner's config with its two documented derivations made: learner.seed -1 = trainer.seed, and
         learner.loss auto = decoupled with trainer.max_staleness >= 1, else ppo."""

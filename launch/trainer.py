@@ -242,7 +242,7 @@ class Trainer:
         Its pages are kept in samples/<name>.jsonl (heldout-baseline, heldout-NNNNNN, heldout-final)."""
         t = self.cfg.trainer
         overrides = {**({"max_turns": t.eval_max_turns} if t.eval_max_turns else {}),
-                     **({"temperature": t.eval_temperature} if t.eval_temperature >= 0 else {})}
+                     "temperature": self.cfg.resolved_eval_temperature()}
         trajs = self.rollout(self.heldout, t.seed * 1_000_003 - 1, overrides=overrides)
         self.files.write_samples(name, trajs)
         return quality(trajs)
@@ -287,10 +287,9 @@ class Trainer:
                         break
             if self.cfg.trainer.learning_check:
                 final = self.evaluate("heldout-final")
-                t = self.cfg.trainer.eval_temperature
                 line = {"baseline_reward": baseline["reward"], "final_reward": final["reward"],
                         "minutes": round((time.time() - t_start) / 60, 2), "max_turns": self.cfg.rollout.max_turns,
-                        "eval_temperature": t if t >= 0 else self.cfg.rollout.temperature,
+                        "eval_temperature": self.cfg.resolved_eval_temperature(),
                         "revision_format": self.cfg.revision.format, "max_staleness": self.cfg.trainer.max_staleness,
                         "credit": self.cfg.learner.credit,
                         "accepted_revisions_per_trajectory": round(sum(accepted) / max(len(accepted), 1), 4),

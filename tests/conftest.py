@@ -101,10 +101,12 @@ def taught_model(tmp_path_factory) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`slow` tests (full sweeps) run only when asked for: `pytest -m slow`."""
-    if "slow" in (config.getoption("-m") or ""):
+    """A plain `pytest` is the fast suite: `slow` tests (whole training jobs, faults, several hosts; CI runs them:
+    `pytest -m "not sweep"`) and the `sweep` (every bundled Web-Bench reference, `pytest -m sweep`) are skipped.
+    With `-m`, the expression alone chooses."""
+    if config.getoption("-m"):
         return
-    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for name, how in (("slow", 'pytest -m "not sweep"'), ("sweep", "pytest -m sweep")):
+            if name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"{name}: run with `{how}`"))

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .conftest import ROOT
@@ -16,6 +17,7 @@ def cluster(*args, timeout=400):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_steps_then_resume_runs_only_step_three(tmp_path):
     out = tmp_path / "run"
     first = cluster(*FAST, "trainer.max_steps=2", f"trainer.output_dir={out}")
@@ -65,6 +67,7 @@ def test_config_errors_fail_fast_naming_the_key(tmp_path):
     assert cold.returncode == 2 and "trainer.eval_temperature=-0.5" in cold.stderr and "-1" in cold.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_each_job_in_its_own_folder(tmp_path):
     """hydra multirun: job 1 must not resume from job 0's checkpoint, and each keeps its own config."""
     res = cluster("-m", *FAST, "trainer.max_steps=1", "learner.lr=1e-5,2e-5", f"hydra.sweep.dir={tmp_path}",
@@ -96,6 +99,7 @@ def test_unreachable_critic_url_fails_before_training(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.yaml").exists()  # before any work
 
 
+@pytest.mark.slow
 def test_asynchronous_training_bounds_staleness_and_resumes(tmp_path):
     """trainer.max_staleness=1: rollouts run ahead of the learner, no sample trained at step s is more than one
     version older than the policy being updated (s - 1), and a resumed run continues."""
@@ -120,6 +124,7 @@ def test_asynchronous_training_bounds_staleness_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["policy_version"] == 4
 
 
+@pytest.mark.slow
 def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
     """+experiment=ablation end to end at toy size (the taught tiny model, one step per arm): every arm trains from
     the same seed until the token budget, prints its learning-check line, is evaluated round by round, and the table,

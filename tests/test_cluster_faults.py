@@ -15,6 +15,8 @@ from render_farm.sandbox import process_tree
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.slow  # whole training runs: CI runs them (`pytest -m "not sweep"`)
+
 BASE = ["cluster.address=local", "rollout.group_size=2", "rollout.max_new_tokens=64", "trainer.wandb=disabled",
         "trainer.progress=false", "learner.lr=1e-7"]
 

@@ -76,6 +76,7 @@ def test_loaders_say_what_they_expected(tmp_path):
         tasks.load("nope")
 
 
+@pytest.mark.slow
 def test_generate_runs_the_cycle_and_writes_its_files(tmp_path):
     out = tmp_path / "page.html"
     res = script("generate", *TINY, "task=a bakery landing page", f"out={out}", "self_edit.rounds=2")

@@ -89,10 +89,14 @@ def test_two_ranks_zero_match_one_rank(stage):
     with_old_logprobs(one, rows)
     m1, m2 = one.step(rows), two.step(rows)
     a, b = one.state_dict(), two.state_dict()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # Adam's first step moves each weight by ~lr (1e-3) whatever its gradient's size, so a weight whose gradient is
+    # near zero magnifies the all-reduce's rounding: measured 1.5e-5 on 1 weight of 427k on an AVX2 CPU (< 1e-6 on
+    # the rest). A rank that missed the other's rows is off by 2e-3 on a third of the weights.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5) and m1["train_tokens"] == m2["train_tokens"]
 
 
+@pytest.mark.slow
 def test_mini_batches_are_one_optimiser_step_each_and_epochs_reuse_the_batch():
     """learner.mini_batches=2 on two groups of 4 = the same learner stepped on each group in turn (the advantages
     are per group, each mini-batch is its own token mean); learner.epochs=2 makes a second pass, off-policy, which
@@ -187,6 +191,7 @@ class DyingEngine(HFEngine):
         return super().receive(*args)
 
 
+@pytest.mark.slow
 def test_broadcast_cut_by_a_dying_engine_fails_fast_then_a_new_group_delivers(tmp_path):
     learner = make(weight_sync="broadcast", bucket_mb=0.5, push_timeout_s=20)
     rows = with_old_logprobs(learner, batch(seed=6))

@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from .conftest import ROOT, stop_ray_session
 
+pytestmark = pytest.mark.slow  # whole training runs: CI runs them (`pytest -m "not sweep"`)
+
 RAY = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else "ray"
 
 

@@ -67,6 +67,7 @@ def test_a_file_set_renders_under_one_origin_and_reaches_nothing_else(data_dir):
     assert bad.blocked_requests >= 2  # the fetch and the navigation
 
 
+@pytest.mark.slow
 def test_the_official_runner_passes_a_reference_solution_and_fails_the_start(data_dir, tmp_path):
     """`launch/web_bench.py check` with @playwright/test, the project's own config, Debian's Chromium."""
     project = data_dir / "web-bench" / "calculator-files"
@@ -156,6 +157,7 @@ def _same_verdicts(project_name: str, data_dir, task: int, folder: str, workers:
     return quick
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["esmodule"])  # ES modules, top-level await, import.meta: the hardest to mimic
 def test_the_spec_server_gives_the_official_verdicts(name, data_dir):
     ref = _same_verdicts(name, data_dir, 20, "src")
@@ -164,13 +166,14 @@ def test_the_spec_server_gives_the_official_verdicts(name, data_dir):
     assert start.failed > 0
 
 
-@pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", PROJECTS)
 def test_every_bundled_reference_passes_and_the_spec_server_agrees(name, data_dir):
     assert _same_verdicts(name, data_dir, 20, "src").failed == 0
     _same_verdicts(name, data_dir, 1, "src-init", workers=4)
 
 
+@pytest.mark.slow
 def test_the_specs_join_the_reward_and_the_feedback_in_training(data_dir):
     """A Web-Bench task in the rollout: the page is a file set, its task's spec runs on the spec server, the score
     blends critic and tests (reward.tests_weight), and the failing assertions reach the next revision."""
@@ -202,6 +205,7 @@ def test_the_specs_join_the_reward_and_the_feedback_in_training(data_dir):
     assert task_prompt("do it", {"a.js": "x"}).count("```js a.js") == 1
 
 
+@pytest.mark.slow
 def test_evaluate_runs_the_web_bench_protocol_and_resumes(tmp_path, data_dir):
     """The tiny random model writes no file: task-1 fails twice (pass@2 false), the project stops there."""
     out = tmp_path / "wb"
