@@ -26,7 +26,7 @@ from .result import RenderRequest, RenderResult
 _CLOCK_JS = resources.files(__package__).joinpath("page_clock.js").read_text()
 _DOM_JS = resources.files(__package__).joinpath("dom_summary.js").read_text()
 _MAX_MESSAGES = 50
-_SITE_LOAD_S = 3.0  # a multi-file page's load event, awaited at most this long
+_SITE_LOAD_S = 3.0  # a multi-file page's load (readyState complete), awaited at most this long
 _SITES = itertools.count()  # multi-file pages get origins page0.relook.invalid, page1...
 # Loaded = readyState "complete" (set, with its readystatechange, just before the load event in the same task). Not the
 # load event alone: when a navigation starts while the page parses (a download link clicked by a script; the route
@@ -237,7 +237,7 @@ class Renderer:
             slot.site = {f"{origin}/{name.lstrip('/')}": text for name, text in {**files, "index.html": html}.items()}
             slot.entry = f"{origin}/index.html"
             await page.goto(slot.entry, wait_until="commit")
-        slot.phase = "waiting for the load event"
+        slot.phase = "waiting for the page to load"
         try:
             await asyncio.wait_for(_evaluate(page, _LOADED_JS), None if files is None else _SITE_LOAD_S)
         except asyncio.TimeoutError:  # a served page that navigates while loading stops its own load: shoot it as is
