@@ -185,7 +185,8 @@ class Renderer:
             elif slot.navigated_to:
                 out.reason, out.detail = "load_error", f"the page navigated away to {slot.navigated_to[:200]}"
             elif work not in done:
-                out.reason, out.detail = "timeout", f"not loaded and shot within {deadline_s:.1f} s (stuck {slot.phase})"
+                out.reason = "timeout"
+                out.detail = f"not loaded and shot within {deadline_s:.1f} s (stuck {slot.phase})"
             elif work.exception() is not None:
                 out.reason, out.detail = "load_error", f"{type(work.exception()).__name__}: {work.exception()}"[:500]
             else:

@@ -153,19 +153,23 @@ NAVIGATING = [
 ]
 
 
+COPIES = 6
+
+
 def test_sandbox_blocks_every_route_to_the_network():
     server = _Listener()
     try:
-        # six copies of the hostile page: its load event used to be skipped on ~1 render in 10 (a download clicked
-        # while it parsed) and the render waited out its deadline; 1 - 0.9**6 = 47 % of runs caught it
-        pages = [HOSTILE.replace("PORT", str(server.port))] * 6 + [p.replace("PORT", str(server.port)) for p in NAVIGATING]
+        # several copies of the hostile page: its load event used to be skipped on ~1 render in 10 (a download clicked
+        # while it parsed) and the render waited out its deadline; with six the old code failed 3 runs of 4
+        pages = [HOSTILE.replace("PORT", str(server.port))] * COPIES
+        pages += [p.replace("PORT", str(server.port)) for p in NAVIGATING]
         # the sandbox is what is tested, not speed: a loaded CI machine once took > 10 s for the hostile page
         results = run(render_all(pages + [MOVING], deadline_s=30.0))
         time.sleep(0.5)  # anything that slipped through would have connected by now
         assert server.connections == 0
     finally:
         server.close()
-    hostiles, navigating, after = results[:6], results[6:-1], results[-1]
+    hostiles, navigating, after = results[:COPIES], results[COPIES:-1], results[-1]
     for hostile in hostiles:
         assert hostile.valid, hostile.detail  # the page itself still renders (its heading)
         assert "hostile page" in hostile.dom["text"]
