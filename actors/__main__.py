@@ -1,5 +1,6 @@
 """`python -m actors rollout model=tiny task="..." [rollout.group_size=G] [rollout.max_turns=T]`: one group end to
-end on a local Ray (render farm + critic service + one rollout worker), trajectories printed as JSON lines."""
+end on a local Ray (render farm + critic service + one rollout worker), trajectories printed as JSON lines.
+`python -m actors bench [MODEL]`: the HF engine's decode tokens/s with and without prepacked weights (actors/bench.py)."""
 from __future__ import annotations
 
 import json
@@ -33,9 +34,13 @@ class RolloutCLI:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["bench"] and len(argv) <= 2:
+        from .bench import run
+        run(*argv[1:])
+        return 0
     if not argv or argv[0] != "rollout":
-        print("usage: python -m actors rollout model=tiny task=\"...\" [rollout.group_size=G] [rollout.max_turns=T]",
-              file=sys.stderr)
+        print("usage: python -m actors rollout model=tiny task=\"...\" [rollout.group_size=G] [rollout.max_turns=T]\n"
+              "       python -m actors bench [MODEL]", file=sys.stderr)
         return 2
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))

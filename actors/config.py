@@ -29,6 +29,7 @@ class RolloutConfig:
     batch_wait_s: float = 3.0  # HF engine: a call waits at most this long for trajectories still rendering or being critiqued to ask too (0 = what is waiting goes at once)
     workers: int = 1  # rollout workers (Ray actors), each with its own engine
     max_groups_in_flight: int = 2  # groups one worker runs at once (others generate while one waits on render/critic)
+    engine_cores: float = 0.0  # HF engine on CPU: the share of its host's cores a generate call uses (0 = auto: all of them in synchronous training, half under trainer.max_staleness >= 1, where the learner trains on the same cores)
 
     def validate(self) -> "RolloutConfig":
         checks = [
@@ -42,6 +43,7 @@ class RolloutConfig:
             ("feedback_role", self.feedback_role in ("tool", "user"), "'tool' or 'user'"),
             ("workers", self.workers >= 1, "an integer >= 1"),
             ("batch_wait_s", self.batch_wait_s >= 0, "seconds >= 0"),
+            ("engine_cores", 0 <= self.engine_cores <= 1, "a share in [0, 1] (0 = auto)"),
         ]
         return check("rollout", self, checks)
 

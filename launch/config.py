@@ -127,6 +127,15 @@ class TrainConfig:
         t = self.trainer.eval_temperature
         return t if t >= 0 else self.rollout.temperature
 
+    def resolved_rollout(self) -> RolloutConfig:
+        """rollout.engine_cores auto (0) made: every core while the learner waits (synchronous training), half of them
+        while it trains alongside (measured on 2 cores: both stages on every core made the asynchronous step 1.5x
+        slower than the synchronous one)."""
+        import dataclasses
+        if self.rollout.engine_cores:
+            return self.rollout
+        return dataclasses.replace(self.rollout, engine_cores=0.5 if self.trainer.max_staleness else 1.0)
+
     def resolved_learner(self) -> LearnerConfig:
         """The learner's config with its two documented derivations made: learner.seed -1 = trainer.seed, and
         learner.loss auto = decoupled with trainer.max_staleness >= 1, else ppo."""

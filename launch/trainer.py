@@ -89,7 +89,8 @@ class Trainer:
         Worker = rollout_worker(cfg.engine.kind)
         self.workers = [Worker.options(num_cpus=cfg.cluster.rollout_cpus, num_gpus=self.layout.rollout_gpus,
                                        **placement.options(self.layout, b)).remote(
-                            cfg.model.name, cfg.rollout, self.farm.workers, self.critic_url, seed=cfg.trainer.seed + i,
+                            cfg.model.name, cfg.resolved_rollout(), self.farm.workers, self.critic_url,
+                            seed=cfg.trainer.seed + i,
                             revision=cfg.revision, reward=cfg.reward)
                         for i, b in enumerate(self.layout.rollout)]
         print(f"{len(self.workers)} rollout worker(s), {cfg.render.workers} render worker(s), placement "

@@ -274,3 +274,51 @@ def test_repeated_prompts_are_encoded_once_and_sample_as_if_alone():
         (alone,) = engine.generate([prompt], sampling, [seed])
         assert got.token_ids == alone.token_ids
         assert max(abs(x - y) for x, y in zip(got.logprobs, alone.logprobs)) < 1e-4
+
+
+def test_prepacked_layers_match_plain_ones_and_follow_every_weight_change():
+    """The HF engine's oneDNN-prepacked linear layers (CPU) compute what nn.Linear does, train like it (autograd takes
+    the plain path), and re-pack after any in-place change: a push, an optimiser step, an edit by hand."""
+    import torch
+
+    from actors.engine import prepack_linears
+    plain, packed = HFEngine("tiny", prepack=False), HFEngine("tiny")
+    if prepack_linears(torch.nn.Sequential(torch.nn.Linear(2, 2))) == 0:
+        pytest.skip("this torch has no oneDNN")
+    ids = torch.tensor([packed.chat_ids([{"role": "user", "content": "a page about cats"}])])
+    with torch.no_grad():
+        assert torch.allclose(packed.model(ids).logits, plain.model(ids).logits, atol=1e-4)
+    new = {k: v + 0.05 * torch.randn_like(v) for k, v in plain.model.state_dict().items()}
+    plain.load(new, version=1), packed.load(new, version=1)  # a push: copy_ into the same tensors
+    with torch.no_grad():
+        assert torch.allclose(packed.model(ids).logits, plain.model(ids).logits, atol=1e-4)
+        for m in (plain.model, packed.model):
+            m.lm_head.weight.mul_(2.0)  # by hand (tied: the embedding doubles too)
+        assert torch.allclose(packed.model(ids).logits, plain.model(ids).logits, atol=1e-4)
+    for m in (packed.model, plain.model):  # grad enabled: the plain F.linear, so gradients reach every weight
+        m(ids, labels=ids).loss.backward()
+        assert all(p.grad is not None for p in m.parameters())
+        torch.optim.SGD(m.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        assert torch.allclose(packed.model(ids).logits, plain.model(ids).logits, atol=1e-3)
+    s = Sampling(0.8, 1.0, 16)
+    assert packed.generate([ids[0].tolist()], s, [5])[0].token_ids == plain.generate([ids[0].tolist()], s, [5])[0].token_ids
+
+
+def test_row_sampler_draws_from_the_distribution_and_never_outside_top_p():
+    """RowSampler's inverse-CDF draw: frequencies follow the tempered probabilities, a token top-p removed (or of zero
+    mass) is never drawn, and a row's draw depends on its seed alone."""
+    import torch
+
+    from actors.engine import RowSampler
+    logits = torch.log(torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05]]))  # token 1 has no mass
+    sampler = RowSampler([3], temperature=1.0, top_p=1.0, device="cpu")
+    draws = torch.tensor([int(sampler(None, logits.clone()).argmax()) for _ in range(20000)])
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[1] == 0 and torch.allclose(freq, torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05]), atol=0.015)
+    nucleus = RowSampler([3], temperature=1.0, top_p=0.75, device="cpu")  # keeps 0.5 and 0.3 only
+    assert {int(nucleus(None, logits.clone()).argmax()) for _ in range(2000)} == {0, 2}
+    two = RowSampler([3, 4], temperature=1.0, top_p=1.0, device="cpu")
+    one = RowSampler([3], temperature=1.0, top_p=1.0, device="cpu")
+    both = [two(None, logits.repeat(2, 1)).argmax(-1)[0].item() for _ in range(50)]
+    assert both == [one(None, logits.clone()).argmax().item() for _ in range(50)]

@@ -93,6 +93,25 @@ def test_placement_plan_bundles():
     assert shared.learner_gpus == shared.rollout_gpus == 0.5 and shared.strategy == "STRICT_PACK"
 
 
+def test_derived_config_values():
+    """The documented 'auto' values, made in one place each (launch/config.py): the engine's share of the cores, the
+    learner's loss and seed, the held-out temperature."""
+    import dataclasses
+
+    from actors.config import RolloutConfig
+    from launch.config import TrainConfig
+    sync = TrainConfig()
+    run_async = dataclasses.replace(sync, trainer=dataclasses.replace(sync.trainer, max_staleness=1))
+    assert sync.resolved_rollout().engine_cores == 1.0 and run_async.resolved_rollout().engine_cores == 0.5
+    pinned = dataclasses.replace(run_async, rollout=dataclasses.replace(sync.rollout, engine_cores=0.25))
+    assert pinned.resolved_rollout().engine_cores == 0.25
+    assert (sync.resolved_learner().loss, run_async.resolved_learner().loss) == ("ppo", "decoupled")
+    assert sync.resolved_learner().seed == sync.trainer.seed
+    assert sync.resolved_eval_temperature() == sync.rollout.temperature
+    with pytest.raises(ValueError, match="rollout.engine_cores=1.5"):
+        RolloutConfig(engine_cores=1.5).validate()
+
+
 def test_unreachable_critic_url_fails_before_training(tmp_path):
     res = cluster(*FAST, "critic.url=http://127.0.0.1:9", f"trainer.output_dir={tmp_path}", timeout=120)
     assert res.returncode != 0 and "critic.url='http://127.0.0.1:9' does not answer" in (res.stderr + res.stdout)
