@@ -1,6 +1,6 @@
 """`python -m actors bench [MODEL]`: the HF engine's decode speed with and without oneDNN-prepacked linear layers
 (engine.prepack_linears), side by side: the same prompt, seeds and token budget at 1, 4 and 8 rows, the two engines
-alternating round by round (this machine is noisy). One JSON line per batch size, then a summary line."""
+alternating round by round (this machine is noisy); the median of the rounds. One JSON line per batch size."""
 from __future__ import annotations
 
 import json

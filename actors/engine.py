@@ -99,8 +99,8 @@ def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
 def prepack_linears(model: torch.nn.Module) -> int:
     """Route the float32 model's linear layers through oneDNN with prepacked weights; returns how many. Decoding runs
     each layer on a few rows, where F.linear (MKL sgemm) is slow for its arithmetic: measured on this repo's 2-core
-    AMD EPYC for SmolLM2's 211 layers, 63 ms -> 38 ms a step at 4 rows, 67 -> 44 at 8, 38 -> 35 at 1 (`python -m
-    actors bench`). Parameters keep their names and tensors (pushes land as before); each layer re-packs itself when
+    AMD EPYC, all of SmolLM2's 211 layers once, 63 ms -> 38 ms at 4 rows, 67 -> 44 at 8, 38 -> 35 at 1 (decode
+    tokens/s: `python -m actors bench`). Parameters keep their names and tensors (pushes land as before); each layer re-packs itself when
     its weight changed in place since the last pack. A copy of the weights in oneDNN's layout is the memory cost."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return 0

@@ -10,7 +10,6 @@ work for a moment), and each task's group is delivered exactly once.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Iterator
 
@@ -42,7 +41,7 @@ class _AgentLoop:
                     revision: RevisionConfig | None, reward: RewardConfig | None) -> None:
         self.cfg = cfg.validate()
         if getattr(self, "threads", None):  # the HF engine on CPU (engine.py: _own_threads)
-            self.threads = max(1, round((os.cpu_count() or 1) * (cfg.engine_cores or 1.0)))
+            self.threads = max(1, round(self.threads * (cfg.engine_cores or 1.0)))  # a share of every core
         self.revision, self.shaping = (revision or RevisionConfig()).validate(), (reward or RewardConfig()).validate()
         if hasattr(self, "agenerate"):  # vLLM batches by itself (continuous batching) and counts its requests
             self.sample, self.counts, self.presence = self.agenerate, self, None

@@ -129,8 +129,8 @@ class TrainConfig:
 
     def resolved_rollout(self) -> RolloutConfig:
         """rollout.engine_cores auto (0) made: every core while the learner waits (synchronous training), half of them
-        while it trains alongside (measured on 2 cores: both stages on every core made the asynchronous step 1.5x
-        slower than the synchronous one)."""
+        while it trains alongside (measured on 2 cores: both stages on every core made the asynchronous step 1.3x
+        slower than the synchronous one, 107.9 against 82.1 s)."""
         import dataclasses
         if self.rollout.engine_cores:
             return self.rollout
