@@ -1,15 +1,13 @@
 """`python -m actors rollout model=tiny task="..." [rollout.group_size=G] [rollout.max_turns=T]`: one group end to
 end on a local Ray (render farm + critic service + one rollout worker), trajectories printed as JSON lines.
-`python -m actors bench [MODEL]`: the HF engine's decode tokens/s with and without prepacked weights (actors/bench.py)."""
+`python -m actors bench [MODEL] [DEVICE]`: the HF engine's decode tokens/s (on CPU with and without prepacked weights;
+actors/bench.py)."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 from dataclasses import dataclass, field
-
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from common.checks import check
 from critic_service.config import CriticConfig
@@ -34,14 +32,16 @@ class RolloutCLI:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["bench"] and len(argv) <= 2:
+    if argv[:1] == ["bench"] and len(argv) <= 3:
         from .bench import run
         run(*argv[1:])
         return 0
     if not argv or argv[0] != "rollout":
         print("usage: python -m actors rollout model=tiny task=\"...\" [rollout.group_size=G] [rollout.max_turns=T]\n"
-              "       python -m actors bench [MODEL]", file=sys.stderr)
+              "       python -m actors bench [MODEL] [cpu|cuda]", file=sys.stderr)
         return 2
+    from omegaconf import OmegaConf  # here, not above: the bench needs no config parsing
+    from omegaconf.errors import OmegaConfBaseException
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RolloutCLI), OmegaConf.from_dotlist(argv[1:]))
         cfg = OmegaConf.to_object(cfg)

@@ -1,6 +1,8 @@
-"""`python -m actors bench [MODEL]`: the HF engine's decode speed with and without oneDNN-prepacked linear layers
-(engine.prepack_linears), side by side: the same prompt, seeds and token budget at 1, 4 and 8 rows, the two engines
-alternating round by round (this machine is noisy); the median of the rounds. One JSON line per batch size."""
+"""`python -m actors bench [MODEL] [DEVICE]`: the HF engine's decode speed.
+On CPU (the default), with and without oneDNN-prepacked linear layers (engine.prepack_linears), side by side: the same
+prompt, seeds and token budget at 1, 4 and 8 rows, the two engines alternating round by round (this machine is noisy);
+the median of the rounds. On a GPU (DEVICE=cuda), the bf16 engine alone at 1, 8, 32 and 64 rows.
+One JSON line per batch size."""
 from __future__ import annotations
 
 import json
@@ -15,23 +17,39 @@ PROMPT = ("Write a single HTML page for a bakery: an ivory background, forest-gr
           "table with prices and an order form.")
 
 
-def run(model: str = "smollm2-135m", batches: tuple[int, ...] = (1, 4, 8), new_tokens: int = 96,
-        rounds: int = 2) -> list[dict]:
-    engines = {packed: HFEngine(model, device="cpu", prepack=packed) for packed in (False, True)}
-    prompt = engines[True].chat_ids([{"role": "user", "content": PROMPT}])
+def _rate(engine: HFEngine, prompt: list[int], rows: int, sampling: Sampling) -> float:
+    t = time.perf_counter()
+    outs = engine.generate([prompt] * rows, sampling, seeds=list(range(rows)))
+    if engine.device == "cuda":
+        torch.cuda.synchronize()
+    return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t)
+
+
+def run(model: str = "smollm2-135m", device: str = "cpu", batches: tuple[int, ...] | None = None,
+        new_tokens: int = 96, rounds: int = 2) -> list[dict]:
+    cpu = device == "cpu"
+    batches = batches or ((1, 4, 8) if cpu else (1, 8, 32, 64))
+    # on a GPU prepacking does not apply: one engine, the same rounds
+    kinds = (False, True) if cpu else (False,)
+    engines = {packed: HFEngine(model, device=device, prepack=packed) for packed in kinds}
+    prompt = engines[False].chat_ids([{"role": "user", "content": PROMPT}])
     sampling = Sampling(temperature=0.8, max_new_tokens=new_tokens)
-    for e in engines.values():  # warm-up: first-call allocations, oneDNN's first reorder
-        e.generate([prompt] * 2, Sampling(temperature=0.8, max_new_tokens=4), seeds=[0, 1])
+    for e in engines.values():  # warm-up: first-call allocations, oneDNN's first reorder, CUDA kernels
+        _rate(e, prompt, 2, Sampling(temperature=0.8, max_new_tokens=4))
     rows = []
     for b in batches:
-        rates = {False: [], True: []}
+        rates = {packed: [] for packed in engines}
         for _ in range(rounds):
             for packed, e in engines.items():
-                t = time.perf_counter()
-                outs = e.generate([prompt] * b, sampling, seeds=list(range(b)))
-                rates[packed].append(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t))
-        plain, packed = statistics.median(rates[False]), statistics.median(rates[True])
-        rows.append({"batch": b, "tokens_per_s_plain": round(plain, 1), "tokens_per_s_prepacked": round(packed, 1),
-                     "speedup": round(packed / plain, 2), "threads": torch.get_num_threads()})
-        print(json.dumps(rows[-1]), flush=True)
+                rates[packed].append(_rate(e, prompt, b, sampling))
+        plain = statistics.median(rates[False])
+        if cpu:
+            packed = statistics.median(rates[True])
+            row = {"batch": b, "tokens_per_s_plain": round(plain, 1), "tokens_per_s_prepacked": round(packed, 1),
+                   "speedup": round(packed / plain, 2), "threads": torch.get_num_threads()}
+        else:
+            row = {"batch": b, "device": torch.cuda.get_device_name(), "dtype": "bfloat16",
+                   "tokens_per_s": round(plain, 1), "new_tokens": new_tokens}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows

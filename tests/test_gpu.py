@@ -1,6 +1,7 @@
 """GPU checks (marker `gpu`, skipped without CUDA; CI has no GPU): the DeepSpeed learner on CUDA (NCCL, bf16,
 ZeRO-2/3), and the colocated layout of launch/placement.py: a learner rank and a rollout engine in one placement
-group bundle, sharing its GPU, new weights pushed by CUDA IPC. Run: pytest -m gpu tests/test_gpu.py"""
+group bundle, sharing its GPU, new weights pushed by CUDA IPC.
+Run: pytest -m gpu tests/test_gpu.py, or with the GPU benches: bash scripts/gpu-check.sh"""
 import pytest
 import ray
 import torch
