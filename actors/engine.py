@@ -96,16 +96,19 @@ def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
 
-def prepack_linears(model: torch.nn.Module) -> int:
-    """Route the float32 model's linear layers through oneDNN with prepacked weights; returns how many. Decoding runs
-    each layer on a few rows, where F.linear (MKL sgemm) is slow for its arithmetic: measured on this repo's 2-core
-    AMD EPYC, all of SmolLM2's 211 layers once, 63 ms -> 38 ms at 4 rows, 67 -> 44 at 8, 38 -> 35 at 1 (decode
-    tokens/s: `python -m actors bench`). Parameters keep their names and tensors (pushes land as before); each layer re-packs itself when
-    its weight changed in place since the last pack. A copy of the weights in oneDNN's layout is the memory cost."""
+def prepack_linears(model: torch.nn.Module, min_numel: int = 2 ** 19) -> int:
+    """Route the float32 model's larger linear layers through oneDNN with prepacked weights; returns how many.
+    Decoding runs each layer on a few rows, where F.linear (MKL sgemm) is slow for its arithmetic: measured on this
+    repo's 2-core AMD EPYC, all of SmolLM2's 211 layers once, 63 ms -> 38 ms at 4 rows, 67 -> 44 at 8, 38 -> 35 at 1
+    (decode tokens/s: `python -m actors bench`). But a oneDNN call costs ~50 us more than an sgemm one whatever its
+    size: a 192x576 weight takes 80 us packed against 34 plain at 1 row, 1536x576 108 against 126, the 49152x576 head
+    4.8 ms against 10.0. So only weights of at least min_numel elements are packed (SmolLM2's MLP and head; none of
+    the tiny test model's). Parameters keep their names and tensors (pushes land as before); each layer re-packs
+    itself when its weight changed in place since the last pack. A copy of those weights is the memory cost."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return 0
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32
-              and m.weight.device.type == "cpu"]
+              and m.weight.device.type == "cpu" and m.weight.numel() >= min_numel]
     for m in layers:
         m._packed, m._packed_stamp = None, None
         m.forward = _onednn_linear.__get__(m)

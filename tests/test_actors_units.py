@@ -282,9 +282,12 @@ def test_prepacked_layers_match_plain_ones_and_follow_every_weight_change():
     import torch
 
     from actors.engine import prepack_linears
-    plain, packed = HFEngine("tiny", prepack=False), HFEngine("tiny")
-    if prepack_linears(torch.nn.Sequential(torch.nn.Linear(2, 2))) == 0:
+    plain, packed = HFEngine("tiny", prepack=False), HFEngine("tiny", prepack=False)
+    small = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(1024, 1024))
+    if prepack_linears(small, min_numel=0) == 0:
         pytest.skip("this torch has no oneDNN")
+    assert prepack_linears(small) == 1  # by default only weights large enough to repay oneDNN's per-call cost
+    assert prepack_linears(packed.model, min_numel=0) == 15  # every linear layer of the tiny model: 2 x 7 + the head
     ids = torch.tensor([packed.chat_ids([{"role": "user", "content": "a page about cats"}])])
     with torch.no_grad():
         assert torch.allclose(packed.model(ids).logits, plain.model(ids).logits, atol=1e-4)
