@@ -183,8 +183,9 @@ class HFEngine(ModelReceiver):
             return None
         distinct = [rows.index(k) for k in range(len(slot))]  # first row of each distinct prompt
         position = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-        cache = self.model(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
-                           position_ids=position[distinct, :-1], use_cache=True).past_key_values
+        cache = self.model(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],  # the KV alone: the
+                           position_ids=position[distinct, :-1], use_cache=True,  # head on one position, not [B, L, V]
+                           logits_to_keep=1).past_key_values
         cache.batch_select_indices(torch.tensor(rows, device=self.device))
         return cache
 

@@ -40,11 +40,14 @@ def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: i
         t = time.perf_counter()
         for mb in micro_batches(samples, cfg.micro_batch_size, -(-len(samples) // cfg.micro_batch_size)):
             b = {k: v.to(device) for k, v in collate(mb, pad).items()}
-            logits = policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            keep = algos.trained_positions(b["loss_mask"])
+            b.update({k: b[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
+            inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "logits_to_keep": keep}
+            logits = policy(**inputs).logits
             logp = algos.token_logprobs(logits, b["labels"])
             loss_tok, _ = algos.policy_loss(logp, b["old_logprobs"], b["advantages"], cfg.clip_low, cfg.clip_high)
             with torch.no_grad():
-                ref_logits = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+                ref_logits = ref(**inputs).logits
             loss_tok = loss_tok + cfg.kl_coef * algos.kl_k3(logp, algos.token_logprobs(ref_logits, b["labels"]))
             algos.global_token_mean(loss_tok, b["loss_mask"], tokens).backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)

@@ -36,6 +36,15 @@ def turn_advantages(outcome: torch.Tensor, first: torch.Tensor, first_end: torch
     return torch.where(in_first, ((outcome + first) / 2).unsqueeze(-1), outcome.unsqueeze(-1))
 
 
+def trained_positions(loss_mask: torch.Tensor) -> torch.Tensor:
+    """The shifted positions at least one row of a micro-batch trains on: the only logits the loss reads, so the LM
+    head and the [B, T, V] log-softmax after it run on these alone (prompts, fed-back pages and padding are most of a
+    multi-turn batch). loss_mask [B, T] -> [K] int64, K >= 1: an all-padding micro-batch keeps position 0, so its
+    backward still reaches every weight."""
+    keep = loss_mask.bool().any(0).nonzero().squeeze(-1)  # [K]
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=loss_mask.device)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(label) under logits / temperature. logits [B, T, V], labels [B, T] -> [B, T]."""
     if temperature > 0 and temperature != 1.0:

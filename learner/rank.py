@@ -131,9 +131,12 @@ class LearnerRank:
         filler = {"token_ids": [self.pad_id, self.pad_id], "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
         for mb in micro_batches(samples, self.cfg.micro_batch_size, self.gas):
             batch = {k: v.to(self.device) for k, v in collate(mb or [filler], self.pad_id).items()}
-            mask = batch["loss_mask"]  # [B, T]
-            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, T]
+            keep = algos.trained_positions(batch["loss_mask"])  # [K]: the LM head runs on these positions only
+            batch.update({k: batch[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
+            mask = batch["loss_mask"]  # [B, K]
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "logits_to_keep": keep}
+            logits = self.engine(**inputs).logits  # [B, K, V]
+            logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, K]
             if self.cfg.loss == "decoupled":  # samples up to trainer.max_staleness versions old
                 loss_tok, clipped = algos.decoupled_policy_loss(logp, batch["old_logprobs"], batch["advantages"],
                                                                 self.cfg.clip_low, self.cfg.clip_high, self.cfg.is_cap)
@@ -143,7 +146,7 @@ class LearnerRank:
             kl = torch.zeros_like(logp)
             if self.ref is not None:
                 with torch.no_grad():
-                    ref_logits = self.ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+                    ref_logits = self.ref(**inputs).logits
                 kl = algos.kl_k3(logp, algos.token_logprobs(ref_logits, batch["labels"], self.temperature))
                 loss_tok = loss_tok + self.cfg.kl_coef * kl
             # Normalised by the global batch's token count; x world size because DeepSpeed averages over ranks.
@@ -151,9 +154,9 @@ class LearnerRank:
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()  # DeepSpeed updates only at the accumulation boundary
             with torch.no_grad():  # summed on the device: one host sync per step, not five per micro-batch
-                for key, value in (("loss", loss_tok), ("kl", kl), ("clipped", clipped),
-                                   ("entropy", algos.entropy(logits)), ("tokens", torch.ones_like(logp))):
+                for key, value in (("loss", loss_tok), ("kl", kl), ("clipped", clipped), ("tokens", torch.ones_like(logp))):
                     sums[key] = sums[key] + (value * mask).sum()
+                sums["entropy"] = sums["entropy"] + algos.entropy(logits[mask.bool()]).sum()  # trained tokens only
         out = {k: float(v) for k, v in sums.items()}
         norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(norm) if norm is not None else 0.0

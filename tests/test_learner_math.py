@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from learner.core_algos import (decoupled_policy_loss, entropy, global_token_mean, group_advantages, kl_k3, policy_loss,
-                                token_logprobs, turn_advantages)
+                                token_logprobs, trained_positions, turn_advantages)
 
 
 def test_group_advantages_hand_computed():
@@ -119,3 +119,33 @@ def test_turn_credit_gives_the_first_reply_half_its_own_advantage():
     assert same[0].tolist() == pytest.approx([0.7, 0.7, 0.7])
     loss, _ = policy_loss(torch.zeros(2, 4), torch.zeros(2, 4), got, 0.2, 0.28)  # per-token advantages broadcast
     assert loss[0].tolist() == [-0.25, -0.25, -1.0, -1.0]
+
+
+def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients():
+    """The learner runs the LM head only where some row trains (trained_positions + logits_to_keep): the loss and every
+    gradient equal those of the full [B, T, V] logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0]], dtype=torch.float32)  # [B, T] two turns, padding
+    assert trained_positions(mask).tolist() == [2, 3, 4, 6]
+    assert trained_positions(torch.zeros(2, 5)).tolist() == [0]  # an all-padding micro-batch still runs backward
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    ids = torch.randint(0, 64, (2, 8))
+    labels, old, adv = ids[:, 1:], -3.0 * torch.ones(2, 7), torch.tensor([[1.0] * 7, [-0.5] * 7])  # [B, T]
+
+    def loss_and_grads(keep):
+        model.zero_grad()
+        if keep is None:
+            logits, m, lab, o, a = model(input_ids=ids).logits[:, :-1], mask, labels, old, adv
+        else:
+            logits = model(input_ids=ids, logits_to_keep=keep).logits  # [B, K, V]
+            m, lab, o, a = mask[:, keep], labels[:, keep], old[:, keep], adv[:, keep]
+        loss = global_token_mean(policy_loss(token_logprobs(logits, lab, 0.8), o, a, 0.2, 0.28)[0], m, int(mask.sum()))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full, kept = loss_and_grads(None), loss_and_grads(trained_positions(mask))
+    assert torch.allclose(full[0], kept[0], atol=1e-6)
+    assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(full[1], kept[1]))
+    assert any(g.abs().sum() > 0 for g in kept[1])
