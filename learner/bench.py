@@ -13,7 +13,7 @@ from . import core_algos as algos
 from . import weight_sync as ws
 from .config import LearnerConfig
 from .learner import Learner
-from .rank import collate, micro_batches
+from .rank import collate, micro_batches, trained_only
 
 
 def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
@@ -40,9 +40,7 @@ def _torch_steps(model_name: str, cfg: LearnerConfig, rows: list[dict], steps: i
         t = time.perf_counter()
         for mb in micro_batches(samples, cfg.micro_batch_size, -(-len(samples) // cfg.micro_batch_size)):
             b = {k: v.to(device) for k, v in collate(mb, pad).items()}
-            keep = algos.trained_positions(b["loss_mask"])
-            b.update({k: b[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
-            inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "logits_to_keep": keep}
+            inputs = trained_only(b)
             logits = policy(**inputs).logits
             logp = algos.token_logprobs(logits, b["labels"])
             loss_tok, _ = algos.policy_loss(logp, b["old_logprobs"], b["advantages"], cfg.clip_low, cfg.clip_high)

@@ -50,6 +50,14 @@ def collate(samples: list[dict], pad_id: int) -> dict:
             "old_logprobs": old[:, 1:], "advantages": algos.turn_advantages(outcome, first, first_end, width - 1)}
 
 
+def trained_only(batch: dict) -> dict:
+    """Cut a collated micro-batch to the positions some row trains on (core_algos.trained_positions): the shifted
+    tensors keep those alone ([B, T] -> [B, K]) and the model is asked for their logits only. -> the model's kwargs."""
+    keep = algos.trained_positions(batch["loss_mask"])  # [K]
+    batch.update({k: batch[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "logits_to_keep": keep}
+
+
 def micro_batches(samples: list[dict], size: int, count: int) -> list[list[dict]]:
     """Exactly `count` micro-batches of at most `size` (empty ones pad the count: DeepSpeed's accumulation
     boundary is fixed at init)."""
@@ -131,10 +139,8 @@ class LearnerRank:
         filler = {"token_ids": [self.pad_id, self.pad_id], "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
         for mb in micro_batches(samples, self.cfg.micro_batch_size, self.gas):
             batch = {k: v.to(self.device) for k, v in collate(mb or [filler], self.pad_id).items()}
-            keep = algos.trained_positions(batch["loss_mask"])  # [K]: the LM head runs on these positions only
-            batch.update({k: batch[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
+            inputs = trained_only(batch)  # the LM head runs on the K positions some row trains on
             mask = batch["loss_mask"]  # [B, K]
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "logits_to_keep": keep}
             logits = self.engine(**inputs).logits  # [B, K, V]
             logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, K]
             if self.cfg.loss == "decoupled":  # samples up to trainer.max_staleness versions old
