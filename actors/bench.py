@@ -19,9 +19,7 @@ PROMPT = ("Write a single HTML page for a bakery: an ivory background, forest-gr
 
 def _rate(engine: HFEngine, prompt: list[int], rows: int, sampling: Sampling) -> float:
     t = time.perf_counter()
-    outs = engine.generate([prompt] * rows, sampling, seeds=list(range(rows)))
-    if engine.device == "cuda":
-        torch.cuda.synchronize()
+    outs = engine.generate([prompt] * rows, sampling, seeds=list(range(rows)))  # token lists: already on the host
     return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t)
 
 
@@ -46,7 +44,7 @@ def run(model: str = "smollm2-135m", device: str = "cpu", batches: tuple[int, ..
         if cpu:
             packed = statistics.median(rates[True])
             row = {"batch": b, "tokens_per_s_plain": round(plain, 1), "tokens_per_s_prepacked": round(packed, 1),
-                   "speedup": round(packed / plain, 2), "threads": torch.get_num_threads()}
+                   "speedup": round(packed / plain, 2), "threads": engines[False].threads}
         else:
             row = {"batch": b, "device": torch.cuda.get_device_name(), "dtype": "bfloat16",
                    "tokens_per_s": round(plain, 1), "new_tokens": new_tokens}

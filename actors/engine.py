@@ -120,14 +120,15 @@ class HFEngine(ModelReceiver):
     Takes pushed weights as a ModelReceiver (learner/weight_sync.py: weight_info, join, receive, load)."""
 
     def __init__(self, model: str, dtype: torch.dtype | None = None, device: str = "auto", seed: int = 0,
-                 prepack: bool = True):
+                 prepack: bool = True, cores: float = 1.0):
         if device == "auto":  # a Ray actor sees a GPU only if it was given one (num_gpus)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.tokenizer = load_tokenizer(model)
         super().__init__(load_model(model, dtype).to(device), device)  # self.model, self.version, self.lock
-        # Ray pins an actor to one thread (OMP_NUM_THREADS=1); in synchronous RL the learner idles during rollouts.
-        self.threads = (os.cpu_count() or 1) if device == "cpu" else None
+        # Ray pins an actor to one thread (OMP_NUM_THREADS=1); cores: the share of the host's cores a call uses
+        # (rollout.engine_cores: all in synchronous RL, where the learner idles during rollouts).
+        self.threads = max(1, round((os.cpu_count() or 1) * cores)) if device == "cpu" else None
         if device == "cpu" and prepack:
             prepack_linears(self.model)
         torch.manual_seed(seed)

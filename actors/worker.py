@@ -40,8 +40,6 @@ class _AgentLoop:
     def _start_loop(self, cfg: RolloutConfig, render_workers: list, critic_url: str | None,
                     revision: RevisionConfig | None, reward: RewardConfig | None) -> None:
         self.cfg = cfg.validate()
-        if getattr(self, "threads", None):  # the HF engine on CPU (engine.py: _own_threads)
-            self.threads = max(1, round(self.threads * (cfg.engine_cores or 1.0)))  # a share of every core
         self.revision, self.shaping = (revision or RevisionConfig()).validate(), (reward or RewardConfig()).validate()
         if hasattr(self, "agenerate"):  # vLLM batches by itself (continuous batching) and counts its requests
             self.sample, self.counts, self.presence = self.agenerate, self, None
@@ -91,7 +89,7 @@ class _AgentLoop:
 class HFRolloutWorker(_AgentLoop, HFEngine):
     def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
                  revision: RevisionConfig | None = None, reward: RewardConfig | None = None):
-        HFEngine.__init__(self, model, seed=seed)
+        HFEngine.__init__(self, model, seed=seed, cores=cfg.engine_cores or 1.0)  # 0 (auto) unresolved: every core
         self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
 

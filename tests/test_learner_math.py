@@ -122,10 +122,12 @@ def test_turn_credit_gives_the_first_reply_half_its_own_advantage():
 
 
 def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients():
-    """The learner runs the LM head only where some row trains (trained_positions + logits_to_keep): the loss and every
-    gradient equal those of the full [B, T, V] logits."""
+    """The learner runs the LM head only where some row trains (rank.trained_only: trained_positions +
+    logits_to_keep): the loss and every gradient equal those of the full [B, T, V] logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0]], dtype=torch.float32)  # [B, T] two turns, padding
+
+    from learner.rank import trained_only
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0]], dtype=torch.float32)  # [B, T] 2 turns
     assert trained_positions(mask).tolist() == [2, 3, 4, 6]
     assert trained_positions(torch.zeros(2, 5)).tolist() == [0]  # an all-padding micro-batch still runs backward
     torch.manual_seed(0)
@@ -134,18 +136,21 @@ def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients()
     ids = torch.randint(0, 64, (2, 8))
     labels, old, adv = ids[:, 1:], -3.0 * torch.ones(2, 7), torch.tensor([[1.0] * 7, [-0.5] * 7])  # [B, T]
 
-    def loss_and_grads(keep):
+    def loss_and_grads(cut: bool):
         model.zero_grad()
-        if keep is None:
-            logits, m, lab, o, a = model(input_ids=ids).logits[:, :-1], mask, labels, old, adv
+        b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "loss_mask": mask,
+             "old_logprobs": old, "advantages": adv}  # as rank.collate makes it
+        if cut:  # what the learner rank does
+            logits = model(**trained_only(b)).logits  # [B, K, V]
         else:
-            logits = model(input_ids=ids, logits_to_keep=keep).logits  # [B, K, V]
-            m, lab, o, a = mask[:, keep], labels[:, keep], old[:, keep], adv[:, keep]
-        loss = global_token_mean(policy_loss(token_logprobs(logits, lab, 0.8), o, a, 0.2, 0.28)[0], m, int(mask.sum()))
+            logits = model(input_ids=ids).logits[:, :-1]  # [B, T, V]
+        logp = token_logprobs(logits, b["labels"], 0.8)
+        loss = global_token_mean(policy_loss(logp, b["old_logprobs"], b["advantages"], 0.2, 0.28)[0], b["loss_mask"],
+                                 int(mask.sum()))
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    full, kept = loss_and_grads(None), loss_and_grads(trained_positions(mask))
+    full, kept = loss_and_grads(False), loss_and_grads(True)
     assert torch.allclose(full[0], kept[0], atol=1e-6)
     assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(full[1], kept[1]))
     assert any(g.abs().sum() > 0 for g in kept[1])
