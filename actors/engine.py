@@ -60,15 +60,29 @@ def seeded(generate, stream: int):
 
 
 class RowSampler(LogitsProcessor):
-    """Samples each row with its own generator (temperature, then top-p), and leaves only the drawn token standing:
-    generate's greedy pick then takes it. A row's tokens depend on its seed and its logits, not on its batch."""
+    """Samples each row with its own generator (temperature, then top-p; temperature 0: the argmax), and leaves only
+    the drawn token standing: generate's greedy pick then takes it. A row's tokens depend on its seed and its logits,
+    not on its batch. It keeps each drawn token's log-prob under the tempered, untruncated distribution (the
+    learner's): a [B] per step, instead of generate keeping [B, V] raw logits per step for a [B, T, V] pass at the end
+    (measured at 32 rows x 160 tokens: 1 GB, and ~3 s of stacking alone)."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.temperature, self.top_p = temperature, top_p
+        self.logprobs: list[torch.Tensor] = []  # [B] per generated token
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
+        tempered = scores.float() / self.temperature if self.temperature > 0 else scores.float()  # [B, V]
+        if self.temperature > 0:
+            picks = self._draw(torch.softmax(tempered, dim=-1))  # [B, 1]
+        else:
+            picks = tempered.argmax(-1, keepdim=True)  # [B, 1]
+        self.logprobs.append(torch.log_softmax(tempered, dim=-1).gather(-1, picks).squeeze(-1))
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, picks, 0.0)
+
+    def _draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs [B, V] -> one token per row [B, 1]."""
         if self.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
             sorted_p, order = probs.sort(dim=-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p  # [B, V] the mass before a token already suffices
@@ -80,9 +94,7 @@ class RowSampler(LogitsProcessor):
         u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in self.gens])  # [B]
         total = cdf[:, -1:]  # [B, 1]
         target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))  # [B, 1]
-        picks = torch.searchsorted(cdf, target, right=True)  # [B, 1]
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, picks, 0.0)
+        return torch.searchsorted(cdf, target, right=True)  # [B, 1]
 
 
 def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,24 +156,21 @@ class HFEngine(ModelReceiver):
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        greedy = sampling.temperature <= 0
-        sampler = [] if greedy else [RowSampler([int(torch.randint(2 ** 62, ())) if s is None else s
-                                                 for s in seeds or [None] * len(prompts)],
-                                                sampling.temperature, sampling.top_p, self.device)]
+        greedy = sampling.temperature <= 0  # the argmax: no seeds drawn
+        sampler = RowSampler([0 if greedy else int(torch.randint(2 ** 62, ())) if s is None else s
+                              for s in seeds or [None] * len(prompts)], max(sampling.temperature, 0.0),
+                             sampling.top_p, self.device)
         with self.lock:  # a push waits: one call is sampled by one policy version
             self._own_threads()
             version = self.version
-            out = self.model.generate(  # greedy over RowSampler's output = its draw; out.logits stay the raw ones
+            out = self.model.generate(  # greedy over RowSampler's output = its draw
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
-                logits_processor=LogitsProcessorList(sampler), temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True,
+                logits_processor=LogitsProcessorList([sampler]), temperature=None, top_p=None,
+                top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id,
                 return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok,
                 past_key_values=self._shared_prefill(prompts, ids, mask))
         new = out.sequences[:, width:]  # [B, T]
-        logits = torch.stack(out.logits, dim=1).float()  # [B, T, V] raw logits
-        if not greedy:
-            logits = logits / sampling.temperature
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        logp = torch.stack(sampler.logprobs, dim=1)[:, :new.shape[1]]  # [B, T]
         results = []
         for row, lp in zip(new.tolist(), logp.tolist()):
             n = len(row)

@@ -57,7 +57,7 @@ def task_pools(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.files = cfg, RunFiles(cfg.trainer.output_dir)
-        self.start_step, self.layout, self.dash, self.pushed_version = 0, None, None, 0
+        self.start_step, self.layout, self.dash, self.pushed_version, self.learner = 0, None, None, 0, None
         self.loop_t0 = time.perf_counter()
         self._resources = contextlib.ExitStack()  # the critic service, the placement group, Ray: released by close()
 
@@ -143,6 +143,7 @@ class Trainer:
         trajs = got["trajs"]
         if k:  # asynchronous: a sample older than the bound is never trained on
             trajs = [t for t in trajs if version - t.policy_version <= k]
+        self.saved()  # the last step's checkpoint, written while this step's rollout ran
         t1 = time.perf_counter()
         learn = self.learner.step(trajs) if trajs else self.learner.skip()
         t2 = time.perf_counter()
@@ -161,7 +162,7 @@ class Trainer:
             metrics.update({f"heldout_check_{name}": v for name, v in held["checks"].items()})
         self.files.write_step(metrics, trajs)
         if step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
-            self.save(step)
+            self.save(step, wait=False)  # in the background: the next rollout (or the final evaluation) goes on
         self.dash.log(metrics, trajs)
         if metrics["unscorable_rate"] == 1.0:
             print(f"step {step}: every sample was unscorable - is the critic backend up? ({self.critic_url})", flush=True)
@@ -248,15 +249,26 @@ class Trainer:
         self.files.write_samples(name, trajs)
         return quality(trajs)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, wait: bool = True) -> None:
         state = {"step": step, "policy_version": self.learner.version, "data_seed": self.cfg.data.seed}
         self.learner.save(self.files.checkpoint_dir(step), {"trainer_state.json": json.dumps(state),
-                                                             "config.yaml": self.config_yaml})
-        self.files.prune(self.cfg.learner.keep_checkpoints)
+                                                             "config.yaml": self.config_yaml}, wait=False)
+        if wait:
+            self.saved()
+
+    def saved(self) -> None:
+        """The checkpoint being written (save(wait=False)) complete and in place; the oldest beyond
+        learner.keep_checkpoints removed."""
+        if self.learner is not None and self.learner.saved() is not None:
+            self.files.prune(self.cfg.learner.keep_checkpoints)
 
     # -- teardown -------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
+        try:  # a checkpoint still being written is finished: a failure elsewhere need not lose it
+            self.saved()
+        except Exception as e:  # noqa: BLE001 - the run is ending on another error, or the learner died with it
+            print(f"the last checkpoint was not completed: {type(e).__name__}: {e}", flush=True)
         if self.dash is not None:
             self.dash.close()
         self._resources.close()
@@ -301,6 +313,7 @@ class Trainer:
                         "reward_formula": self.cfg.reward.formula()}
                 print(json.dumps(line), flush=True)
                 result.update(line)
+            self.saved()
             return result
         finally:
             self.close()

@@ -64,7 +64,7 @@ class Learner:
                                f"{len(joins)} ranks joined; ranks on {self.hosts}")
         ray.get(ready)  # a rank that failed to join raises here
         self._all("build")
-        self.version = 0
+        self.version, self._saving = 0, None  # _saving: a checkpoint being written (save(wait=False))
         self.pusher = ws.Pusher(self.ranks, cfg.weight_sync, cfg.bucket_mb, cfg.push_timeout_s)
 
     def _all(self, method: str, *args) -> list:
@@ -128,13 +128,25 @@ class Learner:
     def last_transport(self) -> str | None:
         return self.pusher.last_transport
 
-    def save(self, directory: str, extra_files: dict[str, str] | None = None) -> str:
-        """Checkpoint into `directory` atomically: written to a temporary sibling, renamed into place."""
+    def save(self, directory: str, extra_files: dict[str, str] | None = None, wait: bool = True) -> str:
+        """Checkpoint into `directory` atomically: written to a temporary sibling, renamed into place by `saved()`.
+        wait=False: the ranks write in the background while the driver goes on (the next rollout, an evaluation);
+        a later call on a rank runs after its save anyway (a Ray actor runs its calls in order)."""
+        self.saved()  # one save at a time: they share the temporary folder
         tmp = directory.rstrip("/") + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        self._all("save", tmp)
-        for name, text in (extra_files or {}).items():
+        self._saving = ([r.save.remote(tmp) for r in self.ranks], tmp, directory, extra_files or {})
+        return self.saved() if wait else directory
+
+    def saved(self) -> str | None:
+        """Wait for the save in progress and put its checkpoint in place; its directory, or None if none was."""
+        if self._saving is None:
+            return None
+        refs, tmp, directory, extra_files = self._saving
+        self._saving = None
+        ray.get(refs)
+        for name, text in extra_files.items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         shutil.rmtree(directory, ignore_errors=True)

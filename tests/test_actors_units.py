@@ -107,6 +107,11 @@ def test_engine_logprobs_match_a_forward_pass_and_weights_load():
         logits = engine.model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1:-1] / 0.7
     lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
     assert torch.allclose(lp, torch.tensor(c.logprobs), atol=1e-5)
+    (g,) = engine.generate([prompt], Sampling(temperature=0.0, max_new_tokens=8))  # greedy: argmax, untempered
+    with torch.no_grad():
+        raw = engine.model(torch.tensor([prompt + g.token_ids])).logits[0, len(prompt) - 1:-1]
+    assert g.token_ids == raw.argmax(-1).tolist()
+    assert torch.allclose(torch.log_softmax(raw, -1).max(-1).values, torch.tensor(g.logprobs), atol=1e-5)
     new = {k: v + 0.01 for k, v in engine.model.state_dict().items()}
     assert engine.load(new, version=3) == 3 and engine.weight_info()["version"] == 3
     assert torch.equal(engine.model.state_dict()["model.norm.weight"], new["model.norm.weight"])
