@@ -302,6 +302,10 @@ class Batcher:
                 groups.setdefault(item[1], []).append(item)
             unserved = len(batch)
             for items in groups.values():
+                # Rows in seed order, not arrival order: a row's log-probs move by ~3e-5 with its place in the batch
+                # (SmolLM2, 8 rows, two groups swapped), enough to flip a near-tie mid-reply, and arrival order is
+                # timing. Requests without a seed keep theirs (a stable sort).
+                items.sort(key=lambda item: -1 if item[3] is None else item[3])
                 # requests waiting as this call begins: this batch's unserved ones and any queued since
                 count_call(self.stats, len(items), len(items), unserved + self._queue.qsize())
                 unserved -= len(items)

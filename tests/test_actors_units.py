@@ -261,6 +261,31 @@ def test_a_seeded_request_samples_the_same_tokens_in_any_batch():
     assert one == rerun and len({tuple(x) for x in one}) == 3 and one != other
 
 
+def test_the_batcher_hands_rows_to_the_engine_in_seed_order_whatever_their_arrival():
+    """A row's log-probs move with its place in the batch (~3e-5 on SmolLM2), enough to flip a near-tie mid-reply; the
+    order requests arrive in is timing. So one call's rows go in seed order, and each request still gets its own row."""
+    engine = HFEngine("tiny")
+    real, seen = engine.generate, []
+
+    def recording(prompts, sampling, seeds=None):
+        seen.append(list(seeds))
+        return real(prompts, sampling, seeds)
+
+    engine.generate = recording
+    a, b = (engine.chat_ids([{"role": "user", "content": t}]) for t in ("a page about cats", "hi"))
+    sampling = Sampling(0.8, 1.0, 12)
+
+    async def arrive(order):
+        batcher = Batcher(engine)
+        asks = {9: a, 3: b, 5: a}
+        return dict(zip(order, await asyncio.gather(*(batcher.generate(asks[k], sampling, seeds=[k]) for k in order))))
+    first, second = run(arrive([9, 3, 5])), run(arrive([5, 9, 3]))
+    assert seen == [[3, 5, 9], [3, 5, 9]]
+    for k, prompt in ((9, a), (3, b), (5, a)):
+        assert first[k][0].token_ids == second[k][0].token_ids == real([prompt], sampling, [k])[0].token_ids
+        assert first[k][0].logprobs == second[k][0].logprobs  # bit for bit: the same batch, the same rows
+
+
 def test_repeated_prompts_are_encoded_once_and_sample_as_if_alone():
     """A group's samples (and a revision's resamples) repeat one prompt: the engine encodes each distinct prompt once
     and copies its KV cache to the rows that ask it; what each row samples is unchanged."""
