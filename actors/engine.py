@@ -72,10 +72,11 @@ class RowSampler(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []  # [B] per generated token
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        tempered = scores.float() / self.temperature if self.temperature > 0 else scores.float()  # [B, V]
         if self.temperature > 0:
+            tempered = scores.float() / self.temperature  # [B, V]
             picks = self._draw(torch.softmax(tempered, dim=-1))  # [B, 1]
         else:
+            tempered = scores.float()
             picks = tempered.argmax(-1, keepdim=True)  # [B, 1]
         self.logprobs.append(torch.log_softmax(tempered, dim=-1).gather(-1, picks).squeeze(-1))
         out = torch.full_like(scores, float("-inf"))
@@ -158,8 +159,8 @@ class HFEngine(ModelReceiver):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = sampling.temperature <= 0  # the argmax: no seeds drawn
         sampler = RowSampler([0 if greedy else int(torch.randint(2 ** 62, ())) if s is None else s
-                              for s in seeds or [None] * len(prompts)], max(sampling.temperature, 0.0),
-                             sampling.top_p, self.device)
+                              for s in seeds or [None] * len(prompts)], sampling.temperature, sampling.top_p,
+                             self.device)
         with self.lock:  # a push waits: one call is sampled by one policy version
             self._own_threads()
             version = self.version
