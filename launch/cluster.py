@@ -5,6 +5,7 @@ Configs: conf/ (hydra), schema launch/config.py. Sweeps: `python launch/cluster.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
@@ -20,6 +21,16 @@ ConfigStore.instance().store(name="base_config", node=TrainConfig)
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
+    try:
+        start(dcfg)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (launch/trainer.py): the run has already unwound
+        name = getattr(sys.modules.get("launch.trainer"), "stopped_by", None) or "SIGINT"
+        print(f"stopped by {name}: the same command again continues from the last checkpoint in trainer.output_dir "
+              "(trainer.resume=auto)", file=sys.stderr, flush=True)
+        sys.exit(128 + getattr(signal, name))
+
+
+def start(dcfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     try:

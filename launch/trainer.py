@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import queue
+import signal
 import threading
 import time
 
@@ -29,6 +30,16 @@ from . import placement
 from . import tasks as task_sources
 from .config import TrainConfig
 from .run_io import Dashboard, RunFiles, config_changes, flat, quality, step_metrics, task_checks_gain
+
+
+stopped_by: str | None = None  # the signal that stopped the run ("SIGTERM"), for the driver's last line
+
+
+def _stop(signum, frame):
+    """SIGTERM (a scheduler's preemption, `kill`) unwinds the driver like Ctrl-C does."""
+    global stopped_by
+    stopped_by = signal.Signals(signum).name
+    raise KeyboardInterrupt(stopped_by)  # inside a Ray wait, Ray raises a KeyboardInterrupt of its own instead
 
 
 def ray_init(cfg: TrainConfig) -> None:
@@ -75,6 +86,10 @@ class Trainer:
         self.config_yaml = self.files.write_config(cfg)
         ray_init(cfg)
         self._resources.callback(ray.shutdown)
+        if threading.current_thread() is threading.main_thread():
+            # Ray's SIGTERM handler aborts the driver, so no finally runs: unwind instead, so that the checkpoint
+            # being written completes and the critic service, wandb and the local Ray session close (close()).
+            self._resources.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _stop))
         # A critic started here listens on the driver's node IP ("auto"): rollout workers on any node reach it.
         critic = cfg.critic if cfg.critic.host != "auto" else \
             dataclasses.replace(cfg.critic, host=ray.util.get_node_ip_address())

@@ -123,3 +123,30 @@ def test_kill_9_of_the_driver_then_resume_auto_continues_in_the_same_data_order(
     pool = procedural("train")
     for step in (2, 3):
         assert sorted({s["task_id"] for s in samples(out, step)}) == sorted(t["id"] for t in batch_for_step(pool, step, 2, 0))
+
+
+def test_sigterm_of_the_driver_unwinds_the_run_and_ends_what_it_started(tmp_path):
+    """What a scheduler's preemption does: SIGTERM to the driver alone. Ray's own handler would abort it (no cleanup,
+    a checkpoint being written lost); it unwinds instead: exit 143, a last line that says how to go on, no
+    half-written checkpoint, and every process it started gone."""
+    out = tmp_path / "run"
+    proc = start("model=tiny", "trainer.max_steps=50", f"trainer.output_dir={out}")
+    try:
+        wait_for(out / "metrics.jsonl", proc)
+        started = process_tree(proc.pid)[1:]
+        assert of_run(proc.pid, "critic_service serve") and of_run(proc.pid, "ray::")
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr[-3000:]
+        assert "stopped by SIGTERM" in stderr.splitlines()[-1]
+        assert not list((out / "checkpoints").glob("*.tmp")) and list((out / "checkpoints").glob("step-*"))
+        deadline = time.monotonic() + 15
+        while left := [p for p in started if os.path.exists(f"/proc/{p}")
+                       and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]:
+            assert time.monotonic() < deadline, f"{len(left)} processes the driver started outlived it"
+            time.sleep(0.5)
+    finally:
+        try:  # this test's own process group, whatever happened above
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
