@@ -186,9 +186,13 @@ class LearnerRank:
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def put_state_dict(self) -> list:
-        """Weights into the Ray object store once; the ref (in a list, so Ray does not resolve it) is what engines read."""
-        sd = self.state_dict()
-        return [ray.put(sd)] if self.rank == 0 else []
+        """Weights into the Ray object store once (ws.to_arrays); the ref (in a list, so Ray does not resolve it) is
+        what engines read."""
+        if self.cfg.zero_stage == 3:  # gathered: every rank takes part
+            sd = self.state_dict()
+        elif self.rank == 0:  # read in place: ray.put copies
+            sd = self.engine.module.state_dict()
+        return [ray.put(ws.to_arrays(sd))] if self.rank == 0 else []
 
     # --- weight push: the send side of learner/weight_sync.py ---
 

@@ -1,6 +1,8 @@
 """GRPO math against hand-computed numbers."""
 import math
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +82,23 @@ def test_weight_buckets_pack_and_unpack_exactly():
         out = unpack(pack([tensors[m.name] for m in b]), b)
         for m in b:
             assert out[m.name].dtype == tensors[m.name].dtype and torch.equal(out[m.name], tensors[m.name])
+
+
+def test_object_store_payload_round_trips_every_dtype_and_writes_tied_weights_once():
+    from learner.weight_sync import from_arrays, to_arrays
+    emb = torch.randn(64, 8)
+    state = {"embed.weight": emb, "head.weight": emb, "norm.weight": torch.randn(8).to(torch.bfloat16),
+             "bias": torch.randn(3, dtype=torch.float16), "steps": torch.arange(4)}
+    payload = to_arrays(state)
+    assert all(isinstance(a, np.ndarray) for _, a in payload.values())  # what Ray writes out of band, in one copy
+    buffers = []
+    back = from_arrays(pickle.loads(pickle.dumps(payload, protocol=5, buffer_callback=buffers.append), buffers=buffers))
+    assert sum(memoryview(b).nbytes for b in buffers) == sum(  # the tied pair travels once
+        t.numel() * t.element_size() for k, t in state.items() if k != "head.weight")
+    for k, t in state.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+    assert back["embed.weight"].data_ptr() == back["head.weight"].data_ptr()  # one buffer, read in place
+    assert all(v is state[k] for k, v in from_arrays(state).items())  # a plain state dict passes through
 
 
 def test_decoupled_loss_weights_stale_tokens_and_truncates_them():
