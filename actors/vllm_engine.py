@@ -149,7 +149,7 @@ class VLLMEngine:
     async def load(self, state_dict: dict, version: int) -> int:
         from safetensors.torch import save
 
-        from learner.weight_sync import from_arrays
+        from learner.weight_arrays import from_arrays
         # Tied weights share storage: safetensors wants each tensor once, contiguous.
         payload = save({k: v.detach().cpu().contiguous().clone() for k, v in from_arrays(state_dict).items()})
         await self._between_requests("load_pushed_weights", payload)

@@ -11,6 +11,7 @@ import torch
 
 from . import core_algos as algos
 from . import weight_sync as ws
+from .weight_arrays import to_arrays
 from .config import LearnerConfig
 
 CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache"
@@ -186,13 +187,11 @@ class LearnerRank:
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def put_state_dict(self) -> list:
-        """Weights into the Ray object store once (ws.to_arrays); the ref (in a list, so Ray does not resolve it) is
+        """Weights into the Ray object store once (weight_arrays.to_arrays); the ref (in a list, so Ray does not resolve it) is
         what engines read."""
-        if self.cfg.zero_stage == 3:  # gathered: every rank takes part
-            sd = self.state_dict()
-        elif self.rank == 0:  # read in place: ray.put copies
-            sd = self.engine.module.state_dict()
-        return [ray.put(ws.to_arrays(sd))] if self.rank == 0 else []
+        # ZeRO-3 gathers (every rank takes part); otherwise rank 0 reads its weights in place: ray.put copies.
+        sd = self.state_dict() if self.cfg.zero_stage == 3 else self.engine.module.state_dict() if self.rank == 0 else {}
+        return [ray.put(to_arrays(sd))] if self.rank == 0 else []
 
     # --- weight push: the send side of learner/weight_sync.py ---
 

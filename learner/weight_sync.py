@@ -8,7 +8,7 @@
 - `Receiver`: the engine's side of `broadcast` and `cuda_ipc` (and inside vLLM's worker processes).
 
 Transports (`learner.weight_sync`):
-- `object_store`: rank 0 puts the full state dict into the Ray object store once, as numpy arrays (`to_arrays`: one
+- `object_store`: rank 0 puts the full state dict into the Ray object store once, as numpy arrays (`weight_arrays.py`: one
   copy in, read in place); every engine reads that object.
 - `broadcast`: a dedicated process group of learner rank 0 + every engine (NCCL between GPUs, gloo otherwise), apart
   from the learner's own group. Weights go in buckets of about `bucket_mb`; each bucket is one flat byte buffer and
@@ -24,11 +24,12 @@ import pickle
 import threading
 import time
 import uuid
-import warnings
 from typing import Iterator, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
+
+from .weight_arrays import from_arrays
 
 TRANSPORTS = ("auto", "object_store", "broadcast", "cuda_ipc")
 
@@ -59,35 +60,6 @@ def check_tensor(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
         raise ValueError(f"pushed weight {name!r} is {tuple(got.shape)} {got.dtype}; the engine's is "
                          f"{tuple(want.shape)} {want.dtype} (learner and engine must load the same model and dtype)")
-
-
-def to_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple]:
-    """The object-store payload: name -> (dtype name, numpy array; bfloat16 as int16 bits), each storage once. Ray
-    writes numpy arrays into the store in one copy and readers map them in place; pickled tensors were copied twice
-    each way (learner/README.md, "Bench"), and pickle's memo now writes a tied weight once."""
-    out, seen = {}, {}
-    for name, t in state_dict.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key not in seen:
-            c = t.detach().cpu().contiguous()
-            bits = c.view(torch.int16) if c.dtype == torch.bfloat16 else c  # numpy has no bfloat16
-            seen[key] = (str(c.dtype).removeprefix("torch."), bits.numpy())
-        out[name] = seen[key]
-    return out
-
-
-def from_arrays(payload: dict) -> dict[str, torch.Tensor]:
-    """to_arrays' inverse, reading the arrays in place (read-only: receivers copy them); tensors pass through."""
-    out = {}
-    with warnings.catch_warnings():  # "non-writable array": nothing writes to the object store's buffers
-        warnings.simplefilter("ignore", UserWarning)
-        for name, value in payload.items():
-            if isinstance(value, torch.Tensor):
-                out[name] = value
-            else:
-                dtype, array = value
-                out[name] = torch.from_numpy(array).view(getattr(torch, dtype))
-    return out
 
 
 class TensorMeta(NamedTuple):  # a tuple, so it crosses Ray and vLLM's msgpack RPC as is

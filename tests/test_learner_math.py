@@ -85,7 +85,7 @@ def test_weight_buckets_pack_and_unpack_exactly():
 
 
 def test_object_store_payload_round_trips_every_dtype_and_writes_tied_weights_once():
-    from learner.weight_sync import from_arrays, to_arrays
+    from learner.weight_arrays import from_arrays, to_arrays
     emb = torch.randn(64, 8)
     state = {"embed.weight": emb, "head.weight": emb, "norm.weight": torch.randn(8).to(torch.bfloat16),
              "bias": torch.randn(3, dtype=torch.float16), "steps": torch.arange(4)}
