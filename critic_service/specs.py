@@ -41,6 +41,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
 CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or "/usr/bin/chromium"
 OFFICIAL_CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or (HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else CHROMIUM)
+RUNNER_PACKAGES = ("@web-bench/test-util",)  # shipped in node/packages (Apache-2.0, its licence beside it)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPER = """// written by ReLook: the project's own config (CommonJS or ES module); only the browser executable is this machine's,
 // and its web server command runs under tether.js, which stops it if this runner is killed before it can
@@ -99,7 +100,10 @@ class Project:
         if not (self.dir / "playwright.config.js").is_file() or not (self.dir / "test").is_dir():
             raise FileNotFoundError(f"{self.dir} is not a Web-Bench project (no playwright.config.js and test/)")
         self.name = self.dir.name
-        self.tasks = self._tasks()
+        self.tasks = self._tasks()  # in file order
+        # By id, as upstream's evaluator reads them: "init" is 0, "task-N" is N (some lists have no init row)
+        self.by_index = {self._index(r["id"]): r for r in self.tasks}
+        self.last_task = max(self.by_index)
         self.package = json.loads((self.dir / "package.json").read_text()) if (self.dir / "package.json").is_file() else {}
 
     def _tasks(self) -> list[dict]:
@@ -114,6 +118,22 @@ class Project:
                 raise ValueError(f"{self.dir}: every task needs 'id' and 'description', got {sorted(r)}")
         return rows
 
+    def _index(self, task_id) -> int:
+        tid = str(task_id)
+        if tid == "init":
+            return 0
+        if re.fullmatch(r"task-[1-9][0-9]*", tid):
+            return int(tid[5:])
+        raise ValueError(f"{self.dir}: task id {tid!r} is neither 'init' nor 'task-N'")
+
+    def task(self, n: int) -> dict:
+        """The task row of index n (0 = init, N = task-N)."""
+        if n not in self.by_index:
+            have = sorted(self.by_index)
+            raise ValueError(f"{self.name} has no task {n} ({'init' if n == 0 else f'task-{n}'}): its tasks are "
+                             f"{'init, ' if 0 in have else ''}task-{min(i for i in have if i)} .. task-{have[-1]}")
+        return self.by_index[n]
+
     def spec(self, task: int) -> str:
         """The spec file of task index `task` (0 = init), relative to the project."""
         return "test/init.spec.js" if task == 0 else f"test/task-{task}.spec.js"
@@ -124,17 +144,20 @@ class Project:
 
     @functools.cached_property
     def workspace(self) -> dict[str, str]:
-        """Packages declared as `workspace:*`, found by name in a `_lib/` folder above the project (looked up once)."""
-        wanted = {n for n, v in self._declared().items() if str(v).startswith("workspace:")}
+        """Packages declared as `workspace:*`, by name: a `_lib/` folder above the project (the benchmark's checkout:
+        the project's own) wins, then the runner's copy (node/packages: @web-bench/test-util); looked up once.
+        The specs require @web-bench/test-util whether or not the project declares it."""
+        wanted = {n for n, v in self._declared().items() if str(v).startswith("workspace:")} | set(RUNNER_PACKAGES)
         found = {}
-        for parent in self.dir.parents:
-            for pkg in (parent / "_lib").glob("*/package.json") if (parent / "_lib").is_dir() else []:
+        for folder in [p / "_lib" for p in self.dir.parents if (p / "_lib").is_dir()] + [NODE_DIR / "packages"]:
+            for pkg in sorted(folder.glob("*/package.json")):
                 name = json.loads(pkg.read_text()).get("name")
                 if name in wanted and name not in found:
                     found[name] = str(pkg.parent)
         missing = wanted - set(found)
         if missing:
-            raise FileNotFoundError(f"{self.dir}: workspace package(s) {sorted(missing)} not found in a _lib/ above it")
+            raise FileNotFoundError(f"{self.dir}: workspace package(s) {sorted(missing)} not found in a _lib/ above it "
+                                    f"nor among the spec runner's own ({NODE_DIR / 'packages'})")
         return found
 
     def _declared(self) -> dict[str, str]:
@@ -263,8 +286,10 @@ def official_check(project: Project, files: str | Path, task: int, production: b
                 data = json.loads((work / "report.json").read_text())
                 for suite in data.get("suites", []):
                     _walk(suite, [], report)
-                if data.get("errors") and not report.total:
-                    report.error = _ANSI.sub("", "; ".join(e.get("message", "") for e in data["errors"]))[:1000]
+                if not report.passed + report.failed + report.skipped:  # no verdict: an error, never 0/0
+                    said = "; ".join(e.get("message", "") for e in data.get("errors", [])) or \
+                        (done.stderr or done.stdout)[-800:]
+                    report.error = _ANSI.sub("", f"the runner executed no test (exit {done.returncode}): {said}")[:1000]
             except (OSError, json.JSONDecodeError):
                 report.error = f"no report from the runner (exit {done.returncode}): {(done.stderr or done.stdout)[-800:]}"
     report.total = report.passed + report.failed + report.skipped
@@ -330,6 +355,8 @@ class SpecServer:
             for k in ("passed", "failed", "skipped", "total"):
                 setattr(report, k, reply[k])
             report.failures = reply["failures"]
+            if not report.total:
+                report.error = f"no test was executed by {', '.join(specs)}"
         report.seconds = round(time.perf_counter() - t0, 2)
         return report
 
@@ -347,12 +374,20 @@ async def _read_reply(stdout, n: int) -> dict:
             return reply
 
 
+SCRATCH_SKIP = ("src", "node_modules", ".git")  # the files judged go to work/src; Node packages are linked in
+
+
 def _scratch(project: Project, work: Path) -> Path:
-    """The project's config, package.json and specs copied into `work` (the files to judge go to work/src)."""
-    for name in ("playwright.config.js", "package.json"):
-        if (project.dir / name).is_file():
-            shutil.copy(project.dir / name, work / name)
-    shutil.copytree(project.dir / "test", work / "test")
+    """What the project holds copied into `work`, but for its src/ (the files to judge go to work/src): its config,
+    package.json and specs, and whatever its web server or specs name relative to it (an assets folder that the
+    webServer command copies into the served folder first, fixtures)."""
+    for entry in project.dir.iterdir():
+        if entry.name in SCRATCH_SKIP:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, work / entry.name, symlinks=True)
+        else:
+            shutil.copy(entry, work / entry.name)
     return work
 
 

@@ -79,7 +79,9 @@ def web_bench(path: str) -> list[dict]:
     tasks = []
     for p in projects(path):
         for n, files in ((0, {}), (1, read_files(p.dir / "src-init"))):
-            t = p.tasks[n]
+            if n not in p.by_index:  # a task list without an init row starts at task-1
+                continue
+            t = p.task(n)
             tasks.append({"id": f"{p.name}/{t['id']}", "prompt": task_prompt(t["description"], files), "checklist": [],
                           "category": t.get("level"), "files": files,
                           "web_bench": {"project": str(p.dir), "task": n, "description": t["description"]}})

@@ -23,6 +23,7 @@ import asyncio
 import html as html_lib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -118,8 +119,8 @@ async def run_project(project: Project, judges: Judges, out: Path, done: list[di
             return  # this project already stopped
         files = read_files(out / last["files"])
     first = (last["task"] + 1) if last else 1
-    for n in range(first, min(len(project.tasks) - 1, max_tasks) + 1):
-        task = project.tasks[n]
+    for n in range(first, min(project.last_task, max_tasks) + 1):
+        task = project.task(n)
         row = {"id": f"{project.name}/{task['id']}", "project": project.name, "task": n, "attempts": []}
         failures = ""
         for k in (1, 2):
@@ -160,7 +161,7 @@ def summarize(projects: list[Project], rows: list[dict], max_tasks: int) -> dict
     per = {}
     for p in projects:
         mine = [r for r in rows if r["project"] == p.name]
-        n = min(len(p.tasks) - 1, max_tasks)
+        n = min(p.last_task, max_tasks)
         scores = [a["score"] for r in mine for a in r["attempts"] if a["score"] is not None]
         per[p.name] = {"tasks": n, "attempted": len(mine), "pass@1": sum(r["pass1"] for r in mine) / n,
                        "pass@2": sum(r["pass2"] for r in mine) / n,
@@ -304,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         project = Project(args.project)
+        if not re.fullmatch(r"init|(task-)?[0-9]+", args.task):
+            raise ValueError(f"--task {args.task!r} is invalid: expected N, task-N or init")
         task = 0 if args.task == "init" else int(args.task.removeprefix("task-"))
-        if not 0 <= task < len(project.tasks):
-            raise ValueError(f"--task {args.task!r} is out of range: 0 (init) .. {len(project.tasks) - 1}")
+        project.task(task)  # a task the project's list does not hold is a clear error
         if not Path(args.files).is_dir():
             raise FileNotFoundError(f"--files {args.files!r} is not a folder")
         if args.workers < 0:

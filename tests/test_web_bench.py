@@ -225,3 +225,81 @@ def test_evaluate_runs_the_web_bench_protocol_and_resumes(tmp_path, data_dir):
     assert rows[0]["attempts"][0]["failed"] > 0 and "task-1" in (out / "report.html").read_text()
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def _own_project(root: Path, web_server: str) -> Path:
+    """A small Web-Bench-format project written here (not upstream's): a task list with no init row (task-1,
+    task-2), specs that require @web-bench/test-util, an assets/ folder that the web server copies into the served
+    folder before serving it (upstream's tailwind-style configs), src/ the reference and src-init/ the start."""
+    p = root / "my-project"
+    (p / "test").mkdir(parents=True)
+    (p / "assets").mkdir()
+    (p / "assets" / "mark.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
+                                           '<rect width="40" height="20" fill="teal"/></svg>')
+    (p / "tasks.yml").write_text("- id: task-1\n  level: easy\n  description: show a heading 'Hello' and the mark "
+                                 "image assets/mark.svg\n- id: task-2\n  level: easy\n  description: add a button "
+                                 "'Count' that counts its clicks into #n\n")
+    (p / "package.json").write_text(json.dumps({"name": "@mine/p", "devDependencies": {"@playwright/test": "^1.56.1"}}))
+    (p / "playwright.config.js").write_text(f"""const {{ defineConfig }} = require('@playwright/test')
+const PROJECT_DIR = process.env.EVAL_PROJECT_ROOT || 'src'
+const PORT = process.env.EVAL_PROJECT_PORT || 3299
+module.exports = defineConfig({{
+  testDir: './test', timeout: 10_000, expect: {{ timeout: 2_000 }}, fullyParallel: true,
+  use: {{ baseURL: `http://127.0.0.1:${{PORT}}` }},
+  webServer: {{ command: `{web_server}`, url: `http://127.0.0.1:${{PORT}}` }},
+}})
+""")
+    head = "const { test, expect } = require('@playwright/test')\nconst { getOffset } = require('@web-bench/test-util')\n"
+    (p / "test" / "init.spec.js").write_text(head + "test('a page', async ({ page }) => { await page.goto('/index.html');"
+                                             " await expect(page.locator('body')).toBeAttached() })\n")
+    (p / "test" / "task-1.spec.js").write_text(head + """test('heading and mark', async ({ page }) => {
+  await page.goto('/index.html')
+  await expect(page.locator('h1')).toHaveText('Hello')
+  expect((await getOffset(page, 'h1')).width).toBeGreaterThan(0)
+  await expect.poll(() => page.locator('img').evaluate((i) => i.naturalWidth)).toBe(40)
+})
+""")
+    (p / "test" / "task-2.spec.js").write_text(head + """test('counts', async ({ page }) => {
+  await page.goto('/index.html')
+  await page.click('button:text("Count")')
+  await page.click('button:text("Count")')
+  await expect(page.locator('#n')).toHaveText('2')
+})
+""")
+    (p / "src").mkdir()
+    (p / "src" / "index.html").write_text("<h1>Hello</h1><img src='assets/mark.svg'><button onclick=\"n.textContent="
+                                          "+n.textContent+1\">Count</button><span id=n>0</span>")
+    (p / "src-init").mkdir()
+    (p / "src-init" / "index.html").write_text("<p>start</p>")
+    return p
+
+
+@pytest.mark.slow
+def test_any_upstream_format_runs_unchanged_wherever_its_folder_is(tmp_path):
+    """A project outside the data folder (no _lib/ above it: the runner's own @web-bench/test-util serves), whose
+    task list has no init row (tasks are read by id) and whose web server copies assets/ first (the scratch copy
+    holds all the project does but its src/); a runner that executes no test is an error, never 0/0."""
+    project = _own_project(tmp_path, "cp -r assets ${PROJECT_DIR} && npx serve ${PROJECT_DIR} -p ${PORT}")
+
+    def check(files: Path, task: str) -> tuple[int, dict | None, str]:
+        done = subprocess.run([sys.executable, "launch/web_bench.py", "check", "--project", str(project), "--files",
+                               str(files), "--task", task, "--workers", "2"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        lines = done.stdout.strip().splitlines()
+        return done.returncode, json.loads(lines[-1]) if lines else None, done.stderr
+
+    rc, ref, err = check(project / "src", "2")
+    assert rc == 0 and ref["error"] is None and ref["passed"] == ref["total"] == 3, (ref, err)  # init, task-1, task-2
+    rc, start, _ = check(project / "src-init", "task-1")
+    assert rc == 0 and start["passed"] == 1 and start["failed"] == 1, start  # init passes, task-1 does not yet
+    assert "heading and mark" in start["failures"][0]["title"]
+    rc, _, err = check(project / "src", "3")
+    assert rc == 2 and "has no task 3" in err and "task-1 .. task-2" in err, err
+    p = Project(project)
+    assert p.task(1)["description"].startswith("show a heading") and p.last_task == 2 and 0 not in p.by_index
+    assert p.workspace["@web-bench/test-util"].endswith("critic_service/node/packages/test-util")
+
+    broken = _own_project(tmp_path / "b", "exit 1")  # a web server that cannot start: no test runs
+    report = official_check(Project(broken), broken / "src", 2, workers=1)
+    assert report.error is not None and "executed no test" in report.error and report.total == 0, report
+    assert "webServer" in report.error, report.error  # the runner's own message
