@@ -101,7 +101,7 @@ def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, s
             t = time.perf_counter()
             learner.push_weights([worker], transport=name)
             pushes[name].append(time.perf_counter() - t)
-    auto = learner.pusher.pick([worker])
+    auto = "+".join(learner.pusher.pick([worker]))
     ds, th = statistics.median(ds_times[1:]), statistics.median(th_times[1:])
     weights_gb = sum(m.nbytes for m in ray.get(learner.ranks[0].weight_metas.remote())) / 1e9
     ray.shutdown()

@@ -83,19 +83,32 @@ def global_token_mean(values: torch.Tensor, mask: torch.Tensor, global_tokens: i
     return (values * mask).sum() / max(global_tokens, 1)
 
 
-def decoupled_policy_loss(logp: torch.Tensor, behav_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float,
-                          clip_high: float, is_cap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Off-policy GRPO for asynchronous training: AReaL's decoupled PPO with one update per batch. The proximal policy
-    is the learner's own policy before this update (logp, detached), so the clipped ratio is taken against it, and
-    the gap to the policy that sampled each token (behav_logp, possibly k versions old) is a separate importance
-    weight min(pi_prox / pi_behav, is_cap), truncated as in verl's rollout correction (TIS): stale tokens still count,
-    and none counts more than is_cap times. Both ratios are per token.
-    logp [B, T] (with grad), behav_logp [B, T], advantages [B] or [B, T] -> (loss per token [B, T], weight truncated
-    [B, T] bool)."""
-    prox = logp.detach()  # [B, T]
+def decoupled_policy_loss(logp: torch.Tensor, prox_logp: torch.Tensor, behav_logp: torch.Tensor,
+                          advantages: torch.Tensor, clip_low: float, clip_high: float,
+                          is_cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Off-policy GRPO for asynchronous training: AReaL's decoupled PPO. The proximal policy (prox_logp) is the
+    learner's own policy before this RL step's first update, computed once for the whole step: the clipped ratio is
+    taken against it, so later mini-batches and epochs stay in its trust region (with one update per step it equals
+    logp.detach()). The gap to the policy that sampled each token (behav_logp, possibly k versions old) is a separate
+    importance weight min(pi_prox / pi_behav, is_cap), truncated as in verl's rollout correction (TIS): stale tokens
+    still count, and none counts more than is_cap times. Both ratios are per token.
+    logp [B, T] (with grad), prox_logp [B, T], behav_logp [B, T], advantages [B] or [B, T] -> (loss per token
+    [B, T], weight truncated [B, T] bool)."""
+    prox = prox_logp.detach()  # [B, T]
     weight = torch.exp(prox - behav_logp)  # [B, T]
     truncated = weight > is_cap
-    ratio = torch.exp(logp - prox)  # [B, T], 1 in value: its gradient is the policy gradient
+    ratio = torch.exp(logp - prox)  # [B, T]
     a = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * a)
     return -weight.clamp(max=is_cap) * surrogate, truncated
+
+
+def sampler_gap(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far the learner's log-probs are from the engine's on the sampled tokens, before any update (verl's
+    training/rollout_probs_diff_*): on-policy this is rounding alone, and a systematic gap (another temperature,
+    processors the learner does not apply, a token the sampler never drew) biases every ratio.
+    logp, sampler_logp, mask [B, T] -> sums over masked tokens: {"abs": sum |diff|, "max": max |diff|, "ratio": sum
+    exp(diff), "tokens": count} (scalars, for the driver to combine across micro-batches and ranks)."""
+    diff = (logp.detach() - sampler_logp) * mask  # [B, T]
+    return {"abs": diff.abs().sum(), "max": diff.abs().max() if diff.numel() else diff.sum(),
+            "ratio": (torch.exp(diff) * mask).sum(), "tokens": mask.sum()}

@@ -17,10 +17,14 @@ from .rank import LearnerRank
 
 
 def shard(samples: list[dict], ranks: int) -> list[list[dict]]:
-    """Split a batch across ranks with roughly equal token counts (longest first, to the lightest rank)."""
+    """Split a batch across ranks with roughly equal token counts (longest first, to the lightest rank), each rank
+    holding at most ceil(N / ranks) samples: the gradient accumulation count is sized from sample counts at start-up,
+    and balancing tokens alone piles short samples on one rank (lengths [900, 300 x3, 280, 260, 250, 240] on 2 ranks:
+    3 and 5 samples against a capacity of 4)."""
     out, load = [[] for _ in range(ranks)], [0] * ranks
+    room = -(-len(samples) // max(ranks, 1))
     for s in sorted(samples, key=lambda s: -len(s["token_ids"])):
-        r = load.index(min(load))
+        r = min((r for r in range(ranks) if len(out[r]) < room), key=lambda r: load[r])
         out[r].append(s)
         load[r] += len(s["token_ids"])
     return out
@@ -80,7 +84,8 @@ class Learner:
         unscorable = torch.tensor([bool(r["unscorable"]) for r in rows])  # [N]
         adv, flat = algos.group_advantages(rewards, groups, unscorable, self.cfg.adv_eps)  # [N]
         samples = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "logprobs": r["logprobs"],
-                    "advantage": float(a)} for r, a in zip(rows, adv)]
+                    "advantage": float(a), "on_policy": r.get("policy_version", self.version) == self.version}
+                   for r, a in zip(rows, adv)]
         if self.cfg.credit == "turn":  # the first reply's own one-shot advantage joins its tokens' credit
             first = torch.tensor([r.get("first_reward", r["reward"]) for r in rows], dtype=torch.float32)  # [N]
             first_unscorable = torch.tensor([_as_dict(r["attempts"][0])["score"] is None if r.get("attempts")
@@ -90,14 +95,21 @@ class Learner:
                 s["first_advantage"], s["first_end"] = float(a), r.get("first_end", len(r["token_ids"]))
         minis = split(samples, self.cfg.mini_batches)  # in task order, one optimiser step each
         mini_tokens = [int(sum(sum(s["loss_mask"]) for s in mini)) for mini in minis]  # each its own token mean
-        parts = []
-        for _ in range(self.cfg.epochs):  # PPO epochs
-            for mini, global_tokens in zip(minis, mini_tokens):
-                parts += ray.get([rank.step.remote(part, global_tokens)
-                                  for rank, part in zip(self.ranks, shard(mini, len(self.ranks)))])
+        if self.cfg.loss == "decoupled" and self.cfg.epochs * len(minis) > 1:
+            self._proximal(samples)  # the trust region of every update of this step: the policy before the first
+        parts, first = [], []
+        for epoch in range(self.cfg.epochs):  # PPO epochs
+            for m, (mini, global_tokens) in enumerate(zip(minis, mini_tokens)):
+                got = self._each("step", shard(mini, len(self.ranks)), global_tokens, epoch == 0 and m == 0)
+                parts, first = parts + got, first or got
         self.version += 1
         tokens = max(sum(p["tokens"] for p in parts), 1.0)
-        return {"loss": sum(p["loss"] for p in parts) / tokens, "kl": sum(p["kl"] for p in parts) / tokens,
+        gap_tokens = max(sum(p["gap_tokens"] for p in first), 1.0)  # on-policy tokens of the first update
+        return {"logprob_diff_mean": sum(p["gap_abs"] for p in first) / gap_tokens,
+                "logprob_diff_max": max(p["gap_max"] for p in first),
+                "ratio_mean": sum(p["gap_ratio"] for p in first) / gap_tokens if sum(p["gap_tokens"] for p in first)
+                else 1.0,
+                "loss": sum(p["loss"] for p in parts) / tokens, "kl": sum(p["kl"] for p in parts) / tokens,
                 "clip_fraction": sum(p["clipped"] for p in parts) / tokens,
                 "entropy": sum(p["entropy"] for p in parts) / tokens, "grad_norm": parts[-len(self.ranks)]["grad_norm"],
                 "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if len(adv) > 1 else 0.0,
@@ -105,10 +117,23 @@ class Learner:
                 "train_tokens": sum(mini_tokens), "optimizer_steps": self.cfg.epochs * len(minis),
                 "policy_version": self.version}
 
+    def _proximal(self, samples: list[dict]) -> None:
+        """Each sample's log-probs under the current weights, as its prox_logprobs (rank.proximal; every rank runs
+        as many forwards)."""
+        shards = shard(samples, len(self.ranks))
+        count = max(1, max(-(-len(p) // self.cfg.micro_batch_size) for p in shards))
+        for part, got in zip(shards, self._each("proximal", shards, count)):
+            for s, lp in zip(part, got):
+                s["prox_logprobs"] = lp
+
+    def _each(self, method: str, per_rank: list, *args) -> list:
+        """Call `method` on every rank together, rank i with per_rank[i] first."""
+        return ray.get([getattr(r, method).remote(part, *args) for r, part in zip(self.ranks, per_rank)])
+
     def skip(self) -> dict:
         """A step with nothing to train on (every sample too stale): the weights stay, the version moves on."""
         self.version += 1
-        return {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
+        return {"logprob_diff_mean": 0.0, "logprob_diff_max": 0.0, "ratio_mean": 1.0, "loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
                 "adv_std": 0.0, "adv_abs_max": 0.0, "flat_groups": 0, "groups": 0, "train_tokens": 0,
                 "optimizer_steps": 0, "policy_version": self.version}
 

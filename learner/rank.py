@@ -29,43 +29,49 @@ def _clear_stale_build_locks(root: pathlib.Path, max_age_s: float = 300.0) -> No
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
-    """samples: dicts with token_ids, loss_mask, logprobs, advantage, and for turn-level credit first_advantage and
-    first_end (token index where the first reply ends). Position t of the shifted tensors holds token t+1 (the token
-    the logits at t predict).
-    -> input_ids [B, L], attention_mask [B, L], labels / loss_mask / old_logprobs / advantages [B, L-1]."""
+    """samples: dicts with token_ids, loss_mask, logprobs (the sampler's, index t: token t), advantage; optionally
+    prox_logprobs (the learner's before this step's first update, same layout: the decoupled loss), on_policy
+    (sampled by the policy being updated: the sampler-gap metric counts only those), and for turn-level credit
+    first_advantage and first_end (token index where the first reply ends). Position t of the shifted tensors holds
+    token t+1 (the token the logits at t predict).
+    -> input_ids [B, L], attention_mask [B, L], labels / loss_mask / old_logprobs / prox_logprobs / advantages [B, L-1],
+    on_policy [B]."""
     width = max(len(s["token_ids"]) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(samples), width), dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.float32)
     old = torch.zeros((len(samples), width), dtype=torch.float32)
+    prox = torch.zeros((len(samples), width), dtype=torch.float32)
     for i, s in enumerate(samples):
         n = len(s["token_ids"])
         ids[i, :n] = torch.tensor(s["token_ids"])
         attn[i, :n] = 1
         mask[i, :n] = torch.tensor(s["loss_mask"], dtype=torch.float32)
         old[i, :n] = torch.tensor(s["logprobs"], dtype=torch.float32)
+        prox[i, :n] = torch.tensor(s.get("prox_logprobs", s["logprobs"]), dtype=torch.float32)
     outcome = torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)  # [B]
     first = torch.tensor([s.get("first_advantage", s["advantage"]) for s in samples], dtype=torch.float32)  # [B]
     first_end = torch.tensor([s.get("first_end", 0) - 1 for s in samples])  # [B], in shifted positions
     return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "loss_mask": mask[:, 1:],
-            "old_logprobs": old[:, 1:], "advantages": algos.turn_advantages(outcome, first, first_end, width - 1)}
+            "old_logprobs": old[:, 1:], "prox_logprobs": prox[:, 1:],
+            "on_policy": torch.tensor([float(s.get("on_policy", True)) for s in samples]),
+            "advantages": algos.turn_advantages(outcome, first, first_end, width - 1)}
 
 
 def trained_only(batch: dict) -> dict:
     """Cut a collated micro-batch to the positions some row trains on (core_algos.trained_positions): the shifted
     tensors keep those alone ([B, T] -> [B, K]) and the model is asked for their logits only. -> the model's kwargs."""
     keep = algos.trained_positions(batch["loss_mask"])  # [K]
-    batch.update({k: batch[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "advantages")})
+    batch.update({k: batch[k][:, keep] for k in ("labels", "loss_mask", "old_logprobs", "prox_logprobs", "advantages")})
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "logits_to_keep": keep}
 
 
 def micro_batches(samples: list[dict], size: int, count: int) -> list[list[dict]]:
-    """Exactly `count` micro-batches of at most `size` (empty ones pad the count: DeepSpeed's accumulation
-    boundary is fixed at init)."""
+    """Exactly `count` micro-batches (DeepSpeed's accumulation boundary is fixed at init; empty ones pad the count) of
+    at most `size` samples - or, when a rank got more than size x count, of ceil(N / count): a larger forward
+    rather than a failed step."""
+    size = max(size, -(-len(samples) // max(count, 1)))
     chunks = [samples[i:i + size] for i in range(0, len(samples), size)]
-    if len(chunks) > count:
-        raise ValueError(f"{len(samples)} trajectories on one rank need {len(chunks)} micro-batches of "
-                         f"{size}; learner.micro_batches_per_step is {count}")
     return chunks + [[] for _ in range(count - len(chunks))]
 
 
@@ -116,6 +122,8 @@ class LearnerRank:
         random.seed(max(cfg.seed, 0))
         dtype = torch.bfloat16 if self.device_type == "cuda" and cfg.bf16 else torch.float32
         self.pad_id = load_tokenizer(model).pad_token_id
+        # an empty micro-batch still runs a forward and backward (every rank takes the same number of steps)
+        self.filler = {"token_ids": [self.pad_id] * 2, "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
         policy = load_model(model, dtype)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         # fp32 training: the optimizer's fp32 master partitions equal the weights, so a checkpoint need not hold them
@@ -133,19 +141,22 @@ class LearnerRank:
         self.device = self.engine.device
         return self.rank
 
-    def step(self, samples: list[dict], global_tokens: int) -> dict:
-        """One optimiser step over this rank's share of the global batch. Returns sums for the driver to combine."""
+    def step(self, samples: list[dict], global_tokens: int, measure: bool = False) -> dict:
+        """One optimiser step over this rank's share of the global batch. Returns sums for the driver to combine;
+        measure: this step is the RL step's first, so the weights are still the sampler's (DeepSpeed updates at the
+        accumulation boundary) and the gap to the engine's log-probs is measured on the way (core_algos.sampler_gap)."""
         self.engine.train()
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0}
-        filler = {"token_ids": [self.pad_id, self.pad_id], "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
+        gap = {"abs": 0.0, "max": 0.0, "ratio": 0.0, "tokens": 0.0}
         for mb in micro_batches(samples, self.cfg.micro_batch_size, self.gas):
-            batch = {k: v.to(self.device) for k, v in collate(mb or [filler], self.pad_id).items()}
+            batch = {k: v.to(self.device) for k, v in collate(mb or [self.filler], self.pad_id).items()}
             inputs = trained_only(batch)  # the LM head runs on the K positions some row trains on
             mask = batch["loss_mask"]  # [B, K]
             logits = self.engine(**inputs).logits  # [B, K, V]
             logp = algos.token_logprobs(logits, batch["labels"], self.temperature)  # [B, K]
             if self.cfg.loss == "decoupled":  # samples up to trainer.max_staleness versions old
-                loss_tok, clipped = algos.decoupled_policy_loss(logp, batch["old_logprobs"], batch["advantages"],
+                prox = batch["prox_logprobs"] if mb and "prox_logprobs" in mb[0] else logp.detach()  # the step's own
+                loss_tok, clipped = algos.decoupled_policy_loss(logp, prox, batch["old_logprobs"], batch["advantages"],
                                                                 self.cfg.clip_low, self.cfg.clip_high, self.cfg.is_cap)
             else:
                 loss_tok, clipped = algos.policy_loss(logp, batch["old_logprobs"], batch["advantages"],
@@ -164,9 +175,28 @@ class LearnerRank:
                 for key, value in (("loss", loss_tok), ("kl", kl), ("clipped", clipped), ("tokens", torch.ones_like(logp))):
                     sums[key] = sums[key] + (value * mask).sum()
                 sums["entropy"] = sums["entropy"] + algos.entropy(logits[mask.bool()]).sum()  # trained tokens only
+                if measure:
+                    part = {k: float(v) for k, v in algos.sampler_gap(logp, batch["old_logprobs"],
+                                                                       mask * batch["on_policy"][:, None]).items()}
+                    gap = {k: max(gap[k], v) if k == "max" else gap[k] + v for k, v in part.items()}
         out = {k: float(v) for k, v in sums.items()}
+        out.update({f"gap_{k}": v for k, v in gap.items()})
         norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(norm) if norm is not None else 0.0
+        return out
+
+    @torch.no_grad()
+    def proximal(self, samples: list[dict], count: int) -> list[list[float]]:
+        """The current policy's log-probs of each sample's tokens (the layout of its `logprobs`: index t holds token
+        t's, 0 at index 0), in `count` forwards (every rank runs as many: ZeRO-3 gathers weights in each). The
+        decoupled loss's proximal policy, taken once before a step's first update."""
+        self.engine.eval()
+        out = []
+        for mb in micro_batches(samples, self.cfg.micro_batch_size, count):
+            batch = {k: v.to(self.device) for k, v in collate(mb or [self.filler], self.pad_id).items()}
+            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            logp = algos.token_logprobs(logits, batch["labels"], self.temperature).cpu()  # [B, L-1]
+            out += [[0.0] + row[:len(s["token_ids"]) - 1] for s, row in zip(mb, logp.tolist())]
         return out
 
     @torch.no_grad()

@@ -283,6 +283,17 @@ def send_buckets(params: dict, buckets: list, transport: str, rank: int, group, 
     return handles, shared
 
 
+def group_by_transport(me: dict, infos: list[dict], engines: list) -> dict[str, list]:
+    """Pure: learner rank 0's weight_info and each engine's -> {transport: engines} (Pusher.pick)."""
+    out: dict[str, list] = {"cuda_ipc": [], "broadcast": [], "object_store": []}
+    for info, engine in zip(infos, engines):
+        if me["device"] != "cuda" or info["gpu_uuid"] is None:
+            out["object_store"].append(engine)
+        else:
+            out["cuda_ipc" if info["gpu_uuid"] == me["gpu_uuid"] else "broadcast"].append(engine)
+    return {t: e for t, e in out.items() if e}
+
+
 class Pusher:
     """The driver's side: full weights from learner rank 0 to every engine, by `learner.weight_sync`. Raises
     TimeoutError instead of hanging, PushInterrupted when a broadcast broke off (the caller may retry). Ray is imported
@@ -296,8 +307,13 @@ class Pusher:
         import ray
         timeout_s = timeout_s or self.timeout_s
         transport = transport or self.transport
-        if transport == "auto":
-            transport = self.pick(engines)
+        plan = self.pick(engines) if transport == "auto" else {transport: engines}
+        for t, group in plan.items():  # each engine by its own way: one on rank 0's GPU, others on other GPUs
+            self._push(t, group, version, timeout_s)
+        self.last_transport = "+".join(plan)
+
+    def _push(self, transport: str, engines: list, version: int, timeout_s: float) -> None:
+        import ray
         if transport == "object_store":
             (ref,) = [r for refs in ray.get([rank.put_state_dict.remote() for rank in self.ranks]) for r in refs]
             self._wait([e.load.remote(ref, version) for e in engines], len(engines), timeout_s, version)
@@ -322,22 +338,15 @@ class Pusher:
                 ray.get(self.ranks[0].free_shared.remote())
         else:
             raise ValueError(f"learner.weight_sync={transport!r} is invalid: expected one of {list(TRANSPORTS)}")
-        self.last_transport = transport
 
-    def pick(self, engines: list) -> str:
-        """auto: CUDA IPC when every engine shares rank 0's GPU, a broadcast when they are all on other GPUs, the
-        object store on CPU: a gloo broadcast is faster there (1.1 s against 1.9 s for SmolLM2, `python -m learner
-        bench`), but one cut by a dying engine holds the learner until the group's timeout, for ~1 s of a ~60 s step."""
+    def pick(self, engines: list) -> dict[str, list]:
+        """auto, engine by engine: CUDA IPC for an engine on rank 0's GPU, an NCCL broadcast for engines on other
+        GPUs (of any node), the object store for engines on CPU or with a learner on CPU: a gloo broadcast is faster
+        there (1.1 s against 1.9 s for SmolLM2, `python -m learner bench`), but one cut by a dying engine holds the
+        learner until the group's timeout. -> {transport: its engines}, in the order cuda_ipc, broadcast, object_store."""
         import ray
-        me = ray.get(self.ranks[0].weight_info.remote())
-        if me["device"] != "cuda":
-            return "object_store"
-        gpus = [i["gpu_uuid"] for i in ray.get([e.weight_info.remote() for e in engines])]
-        if all(g == me["gpu_uuid"] for g in gpus):
-            return "cuda_ipc"
-        if all(g is not None and g != me["gpu_uuid"] for g in gpus):
-            return "broadcast"
-        return "object_store"
+        return group_by_transport(ray.get(self.ranks[0].weight_info.remote()),
+                                  ray.get([e.weight_info.remote() for e in engines]), engines)
 
     def _buckets(self) -> list:
         import ray

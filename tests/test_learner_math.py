@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from learner.core_algos import (decoupled_policy_loss, entropy, global_token_mean, group_advantages, kl_k3, policy_loss,
-                                token_logprobs, trained_positions, turn_advantages)
+                                sampler_gap, token_logprobs, trained_positions, turn_advantages)
 
 
 def test_group_advantages_hand_computed():
@@ -105,14 +105,14 @@ def test_decoupled_loss_weights_stale_tokens_and_truncates_them():
     logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)  # [1, 3] the learner's policy now
     adv = torch.tensor([2.0])
     # on-policy (the sampler is the learner): the PPO loss, value and gradient
-    on, trunc = decoupled_policy_loss(logp, logp.detach(), adv, 0.2, 0.28, 2.0)
+    on, trunc = decoupled_policy_loss(logp, logp.detach(), logp.detach(), adv, 0.2, 0.28, 2.0)
     ppo, _ = policy_loss(logp, logp.detach(), adv, 0.2, 0.28)
     assert torch.allclose(on, ppo) and not trunc.any()
     g_on = torch.autograd.grad(on.sum(), logp)[0]
     assert torch.allclose(g_on, torch.full((1, 3), -2.0))  # d(-A * exp(logp - logp.detach()))/dlogp = -A
     # a stale sampler: token 0 was likelier then (weight e^-0.5), token 1 less likely (e^1.5 = 4.48, truncated to 2)
     behav = torch.tensor([[-0.5, -3.5, -0.5]])
-    off, trunc = decoupled_policy_loss(logp, behav, adv, 0.2, 0.28, 2.0)
+    off, trunc = decoupled_policy_loss(logp, logp.detach(), behav, adv, 0.2, 0.28, 2.0)
     g_off = torch.autograd.grad(off.sum(), logp)[0]
     assert torch.allclose(g_off, torch.tensor([[-2.0 * math.exp(-0.5), -2.0 * 2.0, -2.0]]))
     assert trunc.tolist() == [[False, True, False]]
@@ -158,7 +158,7 @@ def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients()
     def loss_and_grads(cut: bool):
         model.zero_grad()
         b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "loss_mask": mask,
-             "old_logprobs": old, "advantages": adv}  # as rank.collate makes it
+             "old_logprobs": old, "prox_logprobs": old, "advantages": adv}  # as rank.collate makes it
         if cut:  # what the learner rank does
             logits = model(**trained_only(b)).logits  # [B, K, V]
         else:
@@ -173,3 +173,64 @@ def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients()
     assert torch.allclose(full[0], kept[0], atol=1e-6)
     assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(full[1], kept[1]))
     assert any(g.abs().sum() > 0 for g in kept[1])
+
+
+def test_the_decoupled_loss_keeps_its_trust_region_after_the_first_update():
+    """Two mini-batches (or a second epoch): by the second update the policy has moved. With the proximal policy taken
+    once before the step's first update, a token pushed past 1 + clip_high is clipped (no gradient); taken as the
+    current policy (logp.detach(), the old rule) the ratio is 1 again and nothing ever clips."""
+    before = torch.tensor([[-1.0, -1.0, -1.0]])  # [1, 3] the learner before the step = the sampler (on-policy)
+    moved = torch.tensor([[-1.0, -0.5, -1.3]], requires_grad=True)  # after the first mini-batch's update
+    adv = torch.tensor([1.0])
+    loss, _ = decoupled_policy_loss(moved, before, before, adv, 0.2, 0.28, 2.0)
+    grad = torch.autograd.grad(loss.sum(), moved)[0]
+    # ratios e^0 = 1, e^0.5 = 1.65 (past 1.28: clipped, no gradient), e^-0.3 = 0.74 (A > 0: the min keeps it)
+    assert grad[0, 1] == 0 and grad[0, 0] != 0 and grad[0, 2] != 0
+    assert (-loss.detach())[0].tolist() == pytest.approx([1.0, 1.28, math.exp(-0.3)])
+    old_rule, _ = decoupled_policy_loss(moved, moved.detach(), before, adv, 0.2, 0.28, 2.0)
+    assert torch.autograd.grad(old_rule.sum(), moved)[0][0, 1] != 0  # unclipped: no trust region
+
+
+def test_sampler_gap_measures_only_masked_tokens():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    engine = torch.tensor([[-1.0, -2.1, 0.0], [-0.5, -0.3, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # the last column is padding
+    gap = sampler_gap(logp, engine, mask)
+    assert float(gap["tokens"]) == 4 and float(gap["abs"]) == pytest.approx(0.3)
+    assert float(gap["max"]) == pytest.approx(0.2)
+    assert float(gap["ratio"]) == pytest.approx(2 + math.exp(0.1) + math.exp(-0.2))
+
+
+def test_no_length_mix_overfills_a_rank():
+    """shard balances tokens but holds at most ceil(N / ranks) samples a rank, so the accumulation count sized from
+    sample counts at start-up always fits; micro_batches makes exactly `count` micro-batches whatever it gets."""
+    import random
+
+    from learner.learner import shard
+    from learner.rank import micro_batches
+    lengths = [900, 300, 300, 300, 280, 260, 250, 240]  # the mix that gave counts [3, 5] against a capacity of 4
+    parts = shard([{"token_ids": [0] * n} for n in lengths], 2)
+    assert [len(p) for p in parts] == [4, 4]
+    rng = random.Random(0)
+    for _ in range(500):
+        ranks, mbs = rng.choice([1, 2, 3]), rng.choice([1, 2, 4])
+        n = rng.randint(1, 24)
+        gas = max(1, math.ceil(math.ceil(n / ranks) / mbs))  # as Learner sizes it for n trajectories a step
+        samples = [{"token_ids": [0] * rng.choice([rng.randint(5, 40), rng.randint(500, 4000)])} for _ in range(n)]
+        parts = shard(samples, ranks)
+        assert sorted(id(s) for p in parts for s in p) == sorted(id(s) for s in samples)
+        for p in parts:
+            chunks = micro_batches(p, mbs, gas)
+            assert len(chunks) == gas and all(len(c) <= mbs for c in chunks) and sum(map(len, chunks)) == len(p)
+    assert [len(c) for c in micro_batches([{}] * 9, 2, 3)] == [3, 3, 3]  # more than size x count: larger ones
+
+
+def test_auto_push_picks_a_transport_per_engine_gpu():
+    """Engines on rank 0's GPU take CUDA IPC, those on other GPUs (here GPUs 1..7) a broadcast, CPU ones the object
+    store - not one transport for all by rank 0's GPU, which sent the engines on GPUs 1..7 through the object store."""
+    from learner.weight_sync import group_by_transport
+    me = {"device": "cuda", "gpu_uuid": "GPU-0"}
+    infos = [{"gpu_uuid": f"GPU-{i}"} for i in range(8)] + [{"gpu_uuid": None}]
+    plan = group_by_transport(me, infos, list(range(9)))
+    assert plan == {"cuda_ipc": [0], "broadcast": [1, 2, 3, 4, 5, 6, 7], "object_store": [8]}
+    assert group_by_transport({"device": "cpu", "gpu_uuid": None}, infos[:2], [0, 1]) == {"object_store": [0, 1]}
