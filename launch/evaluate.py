@@ -79,9 +79,12 @@ def run_ray(cfg: EvalConfig, tasks: list[dict], sink: Sink) -> None:
     with critic as url:
         farm = RenderFarm(cfg.render)
         Worker = rollout_worker(cfg.engine.kind)
-        workers = [Worker.options(num_cpus=1).remote(cfg.model.name, RolloutConfig(), farm.workers, url, seed=cfg.seed + i,
-                                                             revision=cfg.revision)
-                   for i in range(cfg.workers)]
+        # an engine on GPUs where the cluster has them: vLLM spans engine.tensor_parallel_size, the HF engine one
+        gpus = (cfg.engine.tensor_parallel_size if cfg.engine.kind == "vllm" else 1) \
+            if ray.cluster_resources().get("GPU", 0) else 0
+        workers = [Worker.options(num_cpus=1, num_gpus=gpus).remote(
+                       cfg.model.name, RolloutConfig(), farm.workers, url, seed=cfg.seed + i, revision=cfg.revision,
+                       engine=cfg.engine) for i in range(cfg.workers)]
         print(f"evaluate: generating on {len(workers)} rollout worker(s) of the Ray cluster", flush=True)
         queue, pending = list(tasks), {}
         while queue or pending:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from actors.config import SelfEditConfig
+from actors.config import EngineConfig, SelfEditConfig
 from actors.engine import Batcher
 from actors.revision import RevisionConfig
 from actors.rollout import Conversation
@@ -19,7 +19,7 @@ from common.checks import check
 from critic_service.config import CriticConfig
 from render_farm.config import RenderConfig
 
-from .config import DataConfig, EngineConfig, ModelConfig
+from .config import DataConfig, ModelConfig
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Stack:
     async def __aenter__(self) -> "Stack":
         from render_farm.renderer import Renderer
         cfg = self.cfg
-        self.engine = make_engine(cfg.engine.kind, cfg.model.name, cfg.seed)
+        self.engine = make_engine(cfg.engine, cfg.model.name, cfg.seed)
         # vLLM batches by itself; the HF engine through a Batcher
         self.generate = getattr(self.engine, "agenerate", None) or Batcher(self.engine).generate
         self.conv = Conversation(self.engine.tokenizer, cfg.self_edit.system_prompt, cfg.self_edit.feedback_role)

@@ -26,13 +26,14 @@ class Plan:
     group: object = field(default=None, repr=False)
 
 
-def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, render_workers: int, cluster_gpus: float) -> Plan:
-    """The bundles for a run (pure: no Ray calls). GPU counts of -1 mean 1 where the cluster has GPUs, else 0;
-    colocated, a learner rank and an engine share one GPU (half each unless set; ClusterConfig.validate has
-    checked that ranks and engines pair up)."""
+def plan(cfg: ClusterConfig, learner_ranks: int, rollout_workers: int, render_workers: int, cluster_gpus: float,
+         engine_gpus: int = 1) -> Plan:
+    """The bundles for a run (pure: no Ray calls). GPU counts of -1 mean 1 where the cluster has GPUs, else 0, and
+    engine_gpus for an engine that spans several (vLLM's engine.tensor_parallel_size); colocated, a learner rank and
+    an engine share one GPU (half each unless set; ClusterConfig.validate has checked that ranks and engines pair up)."""
     gpu = 1.0 if cluster_gpus > 0 else 0.0
     lg = gpu / (2 if cfg.colocate else 1) if cfg.learner_gpus < 0 else cfg.learner_gpus
-    rg = gpu / (2 if cfg.colocate else 1) if cfg.rollout_gpus < 0 else cfg.rollout_gpus
+    rg = gpu * engine_gpus / (2 if cfg.colocate else 1) if cfg.rollout_gpus < 0 else cfg.rollout_gpus
 
     def bundle(cpus: float, gpus: float) -> dict:
         return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}  # Ray rejects zero-sized resources

@@ -150,6 +150,8 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "final_valid_rate": sum(t.final_valid for t in trajs) / n, "unscorable_rate": sum(t.unscorable for t in trajs) / n,
         "accepted_revisions": sum(a.accepted and a.turn > 0 for a in attempts), "attempts": len(attempts),
         "policy_version": learn["policy_version"], "loss": learn["loss"], "kl": learn["kl"],
+        "logprob_diff_mean": learn["logprob_diff_mean"], "logprob_diff_max": learn["logprob_diff_max"],
+        "ratio_mean": learn["ratio_mean"],
         "clip_fraction": learn["clip_fraction"], "entropy": learn["entropy"], "grad_norm": learn["grad_norm"],
         "flat_groups": learn["flat_groups"], "optimizer_steps": learn["optimizer_steps"],
         "rollout_s": rollout_s, "learn_s": learn_s, "push_s": push_s,
@@ -159,6 +161,7 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "tokens_per_s": generated / max(rollout_s, 1e-9), "generated_tokens": generated, "trajectories": len(trajs),
         "critic_latency_s": busy["critic"] / max(sum(a.valid for a in attempts), 1),
         "accepted_revisions_per_trajectory": sum(a.accepted and a.turn > 0 for a in attempts) / n,
+        "context_full": sum(t.stopped == "context_full" for t in trajs),
         **{f"check_{k}": v for k, v in quality(trajs)["checks"].items()},
     }
 

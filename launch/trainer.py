@@ -96,7 +96,8 @@ class Trainer:
         self.critic_url = self._resources.enter_context(endpoint(critic, self.files.critic_log))
         print(f"critic service: {self.critic_url}; {cfg.reward.formula()}; revisions: {cfg.revision.format}", flush=True)
         self.layout = placement.plan(cfg.cluster, cfg.learner.ranks, cfg.rollout.workers, cfg.render.workers,
-                                     ray.cluster_resources().get("GPU", 0))
+                                     ray.cluster_resources().get("GPU", 0),
+                                     cfg.engine.tensor_parallel_size if cfg.engine.kind == "vllm" else 1)
         placement.reserve(self.layout, cfg.cluster.placement_timeout_s)
         self._resources.callback(placement.release, self.layout)  # on a shared cluster it would outlive the driver
         # Held for the whole run: Ray restarts a dead actor only while its creator still holds a handle to it.
@@ -106,7 +107,7 @@ class Trainer:
                                        **placement.options(self.layout, b)).remote(
                             cfg.model.name, cfg.resolved_rollout(), self.farm.workers, self.critic_url,
                             seed=cfg.trainer.seed + i,
-                            revision=cfg.revision, reward=cfg.reward)
+                            revision=cfg.revision, reward=cfg.reward, engine=cfg.engine)
                         for i, b in enumerate(self.layout.rollout)]
         print(f"{len(self.workers)} rollout worker(s), {cfg.render.workers} render worker(s), placement "
               f"{self.layout.strategy} ({len(self.layout.bundles)} bundles{', colocated' if cfg.cluster.colocate else ''}); "
@@ -179,6 +180,12 @@ class Trainer:
         if step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
             self.save(step, wait=False)  # in the background: the next rollout (or the final evaluation) goes on
         self.dash.log(metrics, trajs)
+        if metrics["logprob_diff_mean"] > cfg.engine.logprob_tolerance:  # the on-policy check (DESIGN.md)
+            print(f"WARNING step {step}: the learner's log-probs of the sampled tokens differ from the engine's by "
+                  f"{metrics['logprob_diff_mean']:.2e} on average (max {metrics['logprob_diff_max']:.2e}, ratio "
+                  f"{metrics['ratio_mean']:.4f}) before the update, over engine.logprob_tolerance="
+                  f"{cfg.engine.logprob_tolerance:g}: the learner is not scoring what the engine sampled (temperature, "
+                  f"processors, stop tokens, dtype), so every importance ratio is biased", flush=True)
         if metrics["unscorable_rate"] == 1.0:
             print(f"step {step}: every sample was unscorable - is the critic backend up? ({self.critic_url})", flush=True)
         return metrics

@@ -11,8 +11,10 @@ pytestmark = pytest.mark.vllm
 
 
 def engine():
+    from actors.config import EngineConfig
     from actors.vllm_engine import VLLMEngine
-    return VLLMEngine("tiny", dtype="float32", max_model_len=512, memory_utilization=0.2, enforce_eager=True)
+    return VLLMEngine("tiny", engine=EngineConfig(kind="vllm", dtype="float32", max_model_len=512,
+                                                  gpu_memory_utilization=0.2, enforce_eager=True))
 
 
 def perturbed(seed: int):
@@ -50,6 +52,11 @@ def test_vllm_engine_generates_concurrently_and_takes_pushed_weights_between_req
             assert again.token_ids == a[0].token_ids and a[0].token_ids != a[1].token_ids
             e.reset_stats()
 
+            # logprobs_mode=processed_logprobs: each token's log-prob at the sampling temperature, as the learner
+            # scores it (raw log-probs, vLLM's default, were off at every T != 1)
+            (hot,) = await e.agenerate(prompt, Sampling(0.8, 1.0, 16), seeds=[21])
+            want = HFEngine("tiny").logprobs(prompt + hot.token_ids, temperature=0.8)[len(prompt) - 1:]
+            assert hot.logprobs == pytest.approx(want, abs=2e-3)
             seq = prompt + comps[0].token_ids
             assert await e.logprobs(seq) == pytest.approx(HFEngine("tiny").logprobs(seq), abs=1e-3)
             reference = perturbed(1)
