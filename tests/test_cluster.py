@@ -36,6 +36,9 @@ def test_two_steps_then_resume_runs_only_step_three(tmp_path):
         assert got == [r["step"] - 1] * 4 and r["staleness_max"] == 0 and r["max_staleness"] == 0
         assert r["engine_calls"] >= 1 and 1 <= r["engine_batch_mean"] <= r["engine_batch_max"] <= 16
         assert r["engine_ready_mean"] >= r["engine_batch_mean"] * 0.75
+        # the on-policy check: the learner scores exactly what the engine sampled (rounding alone), and says so
+        assert r["logprob_diff_mean"] <= 1e-3 and abs(r["ratio_mean"] - 1) <= 1e-3 and r["context_full"] == 0, r
+    assert "WARNING step" not in first.stdout
     ckpt = out / "checkpoints" / "step-000002"
     AutoModelForCausalLM.from_pretrained(ckpt / "hf")
     AutoTokenizer.from_pretrained(ckpt / "hf")
