@@ -46,6 +46,12 @@ class ContextFull(ValueError):
         super().__init__(f"a prompt of {prompt} tokens plus a reply budget of {budget} passes the engine's context of "
                          f"{limit} tokens (engine.max_model_len for vLLM, the model's max_position_embeddings for hf)")
 
+    @classmethod
+    def check(cls, prompt: list[int], sampling: "Sampling", limit: int | None) -> None:
+        """Raise before a request that cannot fit (both engines call it as a request arrives)."""
+        if limit and len(prompt) + sampling.max_new_tokens > limit:
+            raise cls(len(prompt), sampling.max_new_tokens, limit)
+
 
 def request_seed(stream: int, prompt: list[int], index: int) -> int:
     """The sampling seed of the index-th request for `prompt` in `stream` (a rollout group): a function of what is
@@ -189,7 +195,7 @@ class HFEngine(ModelReceiver):
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.tokenizer = load_tokenizer(model)
         super().__init__(load_model(model, dtype).to(device), device)  # self.model, self.version, self.lock
-        self.eos_ids, self.dropped = own_generation_config(self.model, self.tokenizer)
+        self.eos_ids, _ = own_generation_config(self.model, self.tokenizer)
         self.max_context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         self._stops: dict[tuple, StopStringCriteria] = {}  # built once per stop set (it indexes the vocabulary)
         # Ray pins an actor to one thread (OMP_NUM_THREADS=1); cores: the share of the host's cores a call uses
@@ -214,11 +220,9 @@ class HFEngine(ModelReceiver):
         sampler = RowSampler([0 if greedy else int(torch.randint(2 ** 62, ())) if s is None else s
                               for s in seeds or [None] * len(prompts)], sampling.temperature, sampling.top_p,
                              self.device)
-        stops = None
-        if sampling.stop:
-            stops = self._stops.get(sampling.stop) or self._stops.setdefault(
-                sampling.stop, StopStringCriteria(tok, list(sampling.stop)))
-        finish = RowFinish(self.eos_ids, stops, width)
+        if sampling.stop and sampling.stop not in self._stops:
+            self._stops[sampling.stop] = StopStringCriteria(tok, list(sampling.stop))
+        finish = RowFinish(self.eos_ids, self._stops.get(sampling.stop), width)
         with self.lock:  # a push waits: one call is sampled by one policy version
             self._own_threads()
             version = self.version
@@ -318,9 +322,7 @@ class Batcher:
 
     async def generate(self, prompt: list[int], sampling: Sampling, n: int = 1,
                        seeds: list[int] | None = None) -> list[Completion]:
-        limit = getattr(self.engine, "max_context", None)
-        if limit and len(prompt) + sampling.max_new_tokens > limit:  # refused alone, not in a call with others
-            raise ContextFull(len(prompt), sampling.max_new_tokens, limit)
+        ContextFull.check(prompt, sampling, getattr(self.engine, "max_context", None))  # alone, not in a call
         if self._task is None:
             self._queue, self._changed = asyncio.Queue(), asyncio.Event()
             self._task = asyncio.ensure_future(self._run())

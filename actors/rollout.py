@@ -131,6 +131,16 @@ def site_of(task: dict, text: str, base: dict | None) -> dict | None:
     return {**(base if base is not None else task.get("files", {})), **changed} if changed else None
 
 
+async def draw(generate, context: list[int], sampling: Sampling, n: int, traj: Trajectory) -> list | None:
+    """n revisions of `context`; None when the conversation outgrew the engine's context (the page so far is the
+    trajectory's last: traj.stopped = "context_full")."""
+    try:
+        return await generate(context, sampling, n)
+    except ContextFull:
+        traj.stopped = "context_full"
+        return None
+
+
 async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
                          generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
                          shaping: RewardConfig | None = None, specs=None, away=None) -> Trajectory:
@@ -208,11 +218,9 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         while left and accepted is None:  # resamples drawn `resamples_at_once` at a time, judged in draw order
             t = time.perf_counter()
             away(False)
-            try:
-                drawn = await generate(context, edit_sampling if kind == "edits" else sampling,
-                                       min(cfg.resamples_at_once, left))
-            except ContextFull:  # the page so far is the trajectory's last
-                traj.stopped = "context_full"
+            drawn = await draw(generate, context, edit_sampling if kind == "edits" else sampling,
+                               min(cfg.resamples_at_once, left), traj)
+            if drawn is None:
                 break
             traj.timings_s["generate"] += time.perf_counter() - t
             left -= len(drawn)

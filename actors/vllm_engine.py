@@ -90,8 +90,7 @@ class VLLMEngine:
 
     async def _request(self, prompt: list[int], sampling: Sampling, seed: int | None = None) -> Completion:
         from vllm import SamplingParams, TokensPrompt
-        if len(prompt) + sampling.max_new_tokens > self.max_context:  # vLLM would refuse it (or cut the reply)
-            raise ContextFull(len(prompt), sampling.max_new_tokens, self.max_context)
+        ContextFull.check(prompt, sampling, self.max_context)  # vLLM would refuse it (or cut the reply)
         llm = self._engine()
         await self._open.wait()  # a push is landing: start on the new weights
         self.in_flight += 1

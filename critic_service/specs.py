@@ -374,15 +374,12 @@ async def _read_reply(stdout, n: int) -> dict:
             return reply
 
 
-SCRATCH_SKIP = ("src", "node_modules", ".git")  # the files judged go to work/src; Node packages are linked in
-
-
 def _scratch(project: Project, work: Path) -> Path:
     """What the project holds copied into `work`, but for its src/ (the files to judge go to work/src): its config,
     package.json and specs, and whatever its web server or specs name relative to it (an assets folder that the
     webServer command copies into the served folder first, fixtures)."""
     for entry in project.dir.iterdir():
-        if entry.name in SCRATCH_SKIP:
+        if entry.name in ("src", "node_modules", ".git"):  # the judged files go to work/src; Node packages are linked
             continue
         if entry.is_dir():
             shutil.copytree(entry, work / entry.name, symlinks=True)

@@ -104,11 +104,10 @@ class Learner:
                 parts, first = parts + got, first or got
         self.version += 1
         tokens = max(sum(p["tokens"] for p in parts), 1.0)
-        gap_tokens = max(sum(p["gap_tokens"] for p in first), 1.0)  # on-policy tokens of the first update
-        return {"logprob_diff_mean": sum(p["gap_abs"] for p in first) / gap_tokens,
+        gap_tokens = sum(p["gap_tokens"] for p in first)  # on-policy tokens of the first update
+        return {"logprob_diff_mean": sum(p["gap_abs"] for p in first) / max(gap_tokens, 1.0),
                 "logprob_diff_max": max(p["gap_max"] for p in first),
-                "ratio_mean": sum(p["gap_ratio"] for p in first) / gap_tokens if sum(p["gap_tokens"] for p in first)
-                else 1.0,
+                "ratio_mean": sum(p["gap_ratio"] for p in first) / gap_tokens if gap_tokens else 1.0,
                 "loss": sum(p["loss"] for p in parts) / tokens, "kl": sum(p["kl"] for p in parts) / tokens,
                 "clip_fraction": sum(p["clipped"] for p in parts) / tokens,
                 "entropy": sum(p["entropy"] for p in parts) / tokens, "grad_norm": parts[-len(self.ranks)]["grad_norm"],
