@@ -116,3 +116,35 @@ def test_vllm_engine_receives_a_bucketed_broadcast_over_gloo():
         finally:
             e.close()
     asyncio.run(go())
+
+
+def test_cluster_trains_on_vllm_end_to_end_and_resumes(tmp_path, taught_model):
+    """`python launch/cluster.py engine=vllm`: the same job as the HF engine's, in this environment. The samples'
+    policy versions are the vLLM worker's own count of pushes it loaded, and after a step that moved the weights the
+    learner still scores what vLLM sampled: the pushed weights are the ones generating."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    out = tmp_path / "run"
+    args = [sys.executable, "launch/cluster.py", f"model.name={taught_model}", "cluster.address=local",
+            "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48", "rollout.temperature=1.0",
+            "engine=vllm", "engine.dtype=float32", "engine.max_model_len=1024", "engine.enforce_eager=true",
+            "trainer.wandb=disabled", "trainer.progress=false", f"trainer.output_dir={out}"]
+    first = subprocess.run([*args, "trainer.max_steps=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and [r["policy_version"] for r in rows] == [1, 2]
+    for r in rows:
+        got = {json.loads(line)["policy_version"] for line in open(out / "samples" / f"step-{r['step']:06d}.jsonl")}
+        assert got == {r["step"] - 1}, got  # the engine's version: step 2 sampled on the push after step 1
+        assert r["logprob_diff_mean"] <= 2e-2 and r["context_full"] == 0, r
+    assert rows[0]["grad_norm"] > 0 and rows[0]["valid_render_rate"] > 0, rows[0]  # step 1 moved the weights
+    second = subprocess.run([*args, "trainer.max_steps=3", "trainer.resume=auto"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "step 2" in second.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["policy_version"] == 3
+    assert rows[-1]["logprob_diff_mean"] <= 2e-2
