@@ -24,14 +24,15 @@ class EngineConfig:
     enforce_eager: bool = False  # vLLM: no CUDA graphs (faster start, slower decode)
     enable_prefix_caching: bool = True  # vLLM: a revision re-reads none of the conversation it already encoded
 
-    def validate(self) -> "EngineConfig":
+    def validate(self, installed: bool = True) -> "EngineConfig":
+        """installed: also check that the engine's package is here (not for a --plan of another machine)."""
         check("engine", self, [
             ("kind", self.kind in ENGINES, f"one of {list(ENGINES)}"),
             ("logprob_tolerance", self.logprob_tolerance > 0, "> 0"),
             ("max_model_len", self.max_model_len >= 16, "an integer >= 16"),
             ("tensor_parallel_size", self.tensor_parallel_size >= 1, "an integer >= 1"),
             ("gpu_memory_utilization", 0 < self.gpu_memory_utilization <= 1, "a share in (0, 1]")])
-        if self.kind == "vllm":
+        if self.kind == "vllm" and installed:
             import importlib.util
             if importlib.util.find_spec("vllm") is None:
                 raise ValueError("engine.kind='vllm' needs vllm installed (GPU: pip install vllm; CPU: "

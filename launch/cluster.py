@@ -1,6 +1,7 @@
 """`python launch/cluster.py [group=option ...] [key=value ...]`: train with ReLook on a Ray cluster (or this laptop).
 
 Configs: conf/ (hydra), schema launch/config.py. Sweeps: `python launch/cluster.py -m learner.lr=1e-6,3e-6`.
+`--plan`: print the placement and each GPU's memory for these settings and exit (launch/plan.py); nothing starts.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from launch.config import TrainConfig  # noqa: E402
 
 ConfigStore.instance().store(name="base_config", node=TrainConfig)
+PLAN = "--plan" in sys.argv  # not a hydra flag: taken off before hydra reads the command line
+if PLAN:
+    sys.argv.remove("--plan")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -35,10 +39,19 @@ def start(dcfg: DictConfig) -> None:
     from hydra.types import RunMode
     try:
         cfg: TrainConfig = OmegaConf.to_object(dcfg)
-        cfg.validate()
+        cfg.validate(planning=PLAN)
     except ValueError as e:  # a bad value or an impossible combination: before any work starts
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    if PLAN:
+        from launch.plan import PlanError, report
+        try:
+            print(report(cfg), flush=True)
+        except PlanError as e:
+            print("\n".join(e.lines), flush=True)
+            print(f"plan error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:  # every job of a sweep trains (and resumes) in a folder of its own
         from launch.run_io import hydra_job_dir

@@ -17,6 +17,7 @@ DATA_SOURCES = ("procedural", "webgen", "web-bench", "artifactsbench", "fullstac
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"  # a preset (smollm2-135m, tiny) or a Hugging Face path / hub id
+    arch: dict = field(default_factory=dict)  # --plan only: the model's config.json fields where its files are not on this machine ({} = read its config.json)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class ClusterConfig:
     rollout_cpus: float = 1.0  # CPUs reserved per rollout worker
     rollout_gpus: float = -1.0  # GPUs per rollout worker (its engine); -1 as for learner_gpus
     placement_timeout_s: float = 120.0  # a placement group that does not fit within this fails the run, saying why
+    nodes: int = 0  # --plan only: nodes of the cluster to plan for (0 = this machine; a run reads Ray's)
+    gpus_per_node: int = 0  # --plan only: GPUs per node
+    gpu_memory_gib: float = 80.0  # --plan only: memory of one GPU
 
     def validate(self, learner_ranks: int, rollout_workers: int) -> "ClusterConfig":
         check("cluster", self, [
@@ -87,8 +91,10 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
-    def validate(self) -> "TrainConfig":
-        for part in (self.engine, self.critic, self.render, self.learner, self.rollout, self.revision, self.reward):
+    def validate(self, planning: bool = False) -> "TrainConfig":
+        """planning: a --plan for another machine (its engine need not be installed here)."""
+        self.engine.validate(installed=not planning)
+        for part in (self.critic, self.render, self.learner, self.rollout, self.revision, self.reward):
             part.validate()
         self.cluster.validate(self.learner.ranks, self.rollout.workers)
         return check("", self, [

@@ -1,17 +1,29 @@
-"""CLI: `python -m learner bench [MODEL]`."""
+"""CLI: `python -m learner bench [MODEL]` (step and push times) | `python -m learner memory [MODEL] [key=value ...]`
+(peak memory per rank on CPU: 2 ranks, ZeRO-3 unless set; keys: LearnerConfig's, e.g. ranks=2 zero_stage=3)."""
 import json
 import sys
+
+USAGE = ("usage: python -m learner bench [MODEL] | python -m learner memory [MODEL] [key=value ...]   (MODEL: a preset "
+         "or a Hugging Face model directory; default smollm2-135m)")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["bench"] or len(argv) > 2:
-        print("usage: python -m learner bench [MODEL]   (a preset or a Hugging Face model directory; "
-              "default smollm2-135m)", file=sys.stderr)
-        return 2
-    from .bench import run
-    print(json.dumps(run(*argv[1:])))
-    return 0
+    if argv[:1] == ["bench"] and len(argv) <= 2:
+        from .bench import run
+        print(json.dumps(run(*argv[1:])))
+        return 0
+    if argv[:1] == ["memory"]:
+        import ast
+
+        from .bench import memory
+        model = [a for a in argv[1:] if "=" not in a]
+        keys = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+        keys = {k: ast.literal_eval(v) if v[:1].isdigit() or v in ("True", "False") else v for k, v in keys.items()}
+        print(json.dumps(memory(*model[:1], **keys)))
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

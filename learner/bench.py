@@ -111,3 +111,42 @@ def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, s
             "weight_push_s": round(statistics.median(pushes[auto]), 3),
             "weight_push_s_by_transport": {k: round(statistics.median(v), 3) for k, v in pushes.items()},
             "weights_gb": round(weights_gb, 3)}
+
+
+def _peak_mb(rank) -> float:
+    """A rank's peak resident memory (VmHWM of its process, MiB) since the last call, which resets it."""
+    def read(_self):
+        import ctypes
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the kernel, so it is not counted again
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the kernel's peak-RSS reset: the next phase's peak is its own
+        return int(fields["VmHWM"].split()[0]) / 1024
+    return ray.get(rank.__ray_call__.remote(read))
+
+
+def memory(model: str = "smollm2-135m", ranks: int = 2, zero_stage: int = 3, **learner_keys) -> dict:
+    """`python -m learner memory`: each rank's peak resident memory (MiB) through the phases of an RL step on CPU -
+    built, a weight push's gather (put_state_dict), a checkpoint, one update; each phase's own peak (the kernel's
+    counter is reset between phases). torch, DeepSpeed and gloo alone hold ~0.5 GiB of every figure."""
+    import shutil
+    import tempfile
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, num_cpus=max(4, ranks * 2))
+    cfg = LearnerConfig(**{"ranks": ranks, "zero_stage": zero_stage, "lr": 1e-6, "kl_coef": 0.001, "micro_batch_size": 4,
+                           **learner_keys})
+    from common.models import load_tokenizer
+    rows = _batch(8, 256, 64, len(load_tokenizer(model)))
+    scratch = tempfile.mkdtemp(prefix="relook-memory-")
+    learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=8, cpus_per_rank=2, gpus_per_rank=0)
+    phases = {}
+    for name, run in (("build", lambda: None),
+                      ("push_gather", lambda: ray.get([r.put_state_dict.remote() for r in learner.ranks])),
+                      ("checkpoint", lambda: learner.save(os.path.join(scratch, "ckpt"))),
+                      ("step", lambda: learner.step(rows))):  # last: what it frees is not all returned
+        run()
+        phases[name] = [round(_peak_mb(r)) for r in learner.ranks]
+    ray.shutdown()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"model": model, "ranks": ranks, "zero_stage": zero_stage, **{k: v for k, v in learner_keys.items()},
+            "peak_rss_mib_by_phase": phases, "peak_rss_mib": max(max(v) for v in phases.values())}

@@ -23,6 +23,8 @@ class LearnerConfig:
     loss: str = "auto"  # "ppo": ratio to the sampler's log-probs, clipped; "decoupled": AReaL's decoupled PPO with a truncated importance weight, for stale samples; auto = decoupled when trainer.max_staleness >= 1, else ppo
     is_cap: float = 2.0  # decoupled loss: a token's importance weight pi_learner / pi_sampler is truncated at this
     kl_coef: float = 0.001  # k3 KL to the frozen reference model; 0 disables the reference model entirely
+    ref_offload: bool = False  # the reference model as a ZeRO-3 engine with its partitions on CPU (any stage); under ZeRO-3 it is partitioned over the ranks anyway
+    gradient_checkpointing: bool = False  # recompute activations in backward: a layer's input per layer is kept, not its internals
     micro_batch_size: int = 4  # trajectories per forward/backward on one rank
     micro_batches_per_step: int = 0  # gradient accumulation steps per rank and optimiser step; 0 = from the mini-batch size
     mini_batches: int = 1  # optimiser steps per RL step: the batch is split in this many mini-batches, in task order (verl's ppo_mini_batch_size, as a count)

@@ -11,6 +11,7 @@ import torch
 
 from . import core_algos as algos
 from . import weight_sync as ws
+from . import zero
 from .weight_arrays import to_arrays
 from .config import LearnerConfig
 
@@ -116,7 +117,7 @@ class LearnerRank:
     def build(self) -> int:
         import deepspeed
 
-        from common.models import load_model, load_tokenizer
+        from common.models import load_tokenizer
         cfg, model = self.cfg, self.model_name
         torch.manual_seed(max(cfg.seed, 0))  # -1 (trainer.seed) is resolved by the trainer; 0 when used alone
         random.seed(max(cfg.seed, 0))
@@ -124,20 +125,22 @@ class LearnerRank:
         self.pad_id = load_tokenizer(model).pad_token_id
         # an empty micro-batch still runs a forward and backward (every rank takes the same number of steps)
         self.filler = {"token_ids": [self.pad_id] * 2, "loss_mask": [0, 0], "logprobs": [0.0, 0.0], "advantage": 0.0}
-        policy = load_model(model, dtype)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         # fp32 training: the optimizer's fp32 master partitions equal the weights, so a checkpoint need not hold them
         # twice; they are refreshed from the (exact) weights on load. bf16 keeps them: they are more precise.
         self.fp32_master_in_weights = dtype == torch.float32 and cfg.zero_stage < 3
-        ds_config = {"train_micro_batch_size_per_gpu": cfg.micro_batch_size, "gradient_accumulation_steps": self.gas,
-                     "zero_optimization": {"stage": cfg.zero_stage,
-                                           "load_from_fp32_weights": not self.fp32_master_in_weights},
-                     "gradient_clipping": cfg.grad_clip, "bf16": {"enabled": dtype == torch.bfloat16},
-                     "steps_per_print": 10**9}
+        ds_config = zero.train_config(cfg, self.gas, dtype, self.fp32_master_in_weights)
+        policy, self._hf_zero3 = zero.load(model, dtype, ds_config, cfg.gradient_checkpointing)  # ZeRO-3: partitioned
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_config)
         self.ref = None
-        if cfg.kl_coef > 0:  # frozen reference for the KL term
-            self.ref = load_model(model, dtype).to(self.engine.device).requires_grad_(False)
+        if cfg.kl_coef > 0:  # the frozen reference for the KL term: ZeRO-3 partitions it too (learner/zero.py)
+            ref_config = zero.reference_config(cfg, dtype)
+            ref, keep = zero.load(model, dtype, ref_config)
+            self.ref = deepspeed.initialize(model=ref.requires_grad_(False), config=ref_config)[0] if ref_config \
+                else ref.to(self.engine.device).requires_grad_(False)
+            if keep is not None and self._hf_zero3 is not None:
+                from transformers.integrations.deepspeed import set_hf_deepspeed_config
+                set_hf_deepspeed_config(self._hf_zero3)  # transformers' ZeRO-3 flag is the policy's again
         self.device = self.engine.device
         return self.rank
 
@@ -208,13 +211,9 @@ class LearnerRank:
         return algos.token_logprobs(logits, ids[:, 1:], self.temperature)[0].tolist()
 
     def state_dict(self) -> dict:
-        """Full weights on CPU (gathered from all ranks under ZeRO-3); every rank must call it together."""
-        module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        """Full weights on CPU at rank 0, {} elsewhere; every rank calls it together (ZeRO-3 gathers bucket by
+        bucket, learner.bucket_mb: zero.full_state_dict)."""
+        return zero.full_state_dict(self.engine.module, self.cfg.zero_stage == 3, self.cfg.bucket_mb, self.rank)
 
     def put_state_dict(self) -> list:
         """Weights into the Ray object store once (weight_arrays.to_arrays); the ref (in a list, so Ray does not resolve it) is

@@ -18,7 +18,6 @@ Transports (`learner.weight_sync`):
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import pickle
 import threading
@@ -265,13 +264,12 @@ def send_buckets(params: dict, buckets: list, transport: str, rank: int, group, 
     """A learner rank's side of a broadcast / cuda_ipc push. Every rank calls it together (under ZeRO-3 each bucket's
     parameters are gathered just for that bucket); rank 0 sends. For cuda_ipc it returns the buckets' IPC handles,
     and the caller keeps `shared` (the packed buffers) alive until every engine has copied them."""
-    import deepspeed
+    from .zero import gathered
     handles, shared = [], []
     for metas in buckets:
         tensors = [params[m[0]] for m in metas]
         unique = list(dict.fromkeys(tensors))  # a tied weight is gathered once
-        gather = deepspeed.zero.GatheredParameters(unique, modifier_rank=None) if zero3 else contextlib.nullcontext()
-        with gather, torch.no_grad():
+        with gathered(unique, zero3), torch.no_grad():
             if rank != 0:
                 continue
             flat = pack(tensors)  # [bucket bytes] on the learner's device
