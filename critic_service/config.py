@@ -48,3 +48,13 @@ class CriticConfig:
              "a checkout of the ArtifactsBenchmark repository (judge=artifactsbench reads its prompt there)"),
         ]
         return check("critic", self, checks)
+
+    def attempts(self) -> int:
+        """Backend calls one critique may make: retries + 1, at least the benchmark's own count for its judge."""
+        from .artifactsbench import ATTEMPTS
+        return max(self.retries + 1, ATTEMPTS if self.judge == "artifactsbench" else 0)
+
+    def deadline_s(self) -> float:
+        """The most one critique takes at the backend (every attempt, backoff and Retry-After wait inside it);
+        the service says it on /healthz, and a client waits that long plus a margin."""
+        return self.attempts() * self.timeout_s

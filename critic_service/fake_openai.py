@@ -2,7 +2,7 @@
 
 It speaks the real protocol (POST /v1/chat/completions, the `choices[0].message.content` reply) and records every
 request, so tests can check what the critic sends. Replies come from a script: each entry is (status, content,
-delay_s); the last entry repeats. Used by tests and `python -m critic_service bench`, never by the main job.
+delay_s) or (status, content, delay_s, headers); the last entry repeats. Used by tests and `python -m critic_service bench`, never by the main job.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiohttp import web
 
 
 class FakeOpenAI:
-    def __init__(self, script: list[tuple[int, str, float]] | None = None):
+    def __init__(self, script: list[tuple] | None = None):
         self.script = list(script or [(200, '{"score": 80, "feedback": "Looks right."}', 0.0)])
         self.requests: list[dict] = []
         self.runner: web.AppRunner | None = None
@@ -22,11 +22,12 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(body)
-        status, content, delay = self.script[min(len(self.requests) - 1, len(self.script) - 1)]
+        status, content, delay, *headers = self.script[min(len(self.requests) - 1, len(self.script) - 1)]
         if delay:
             await asyncio.sleep(delay)
         if status != 200:
-            return web.json_response({"error": {"message": content, "code": status}}, status=status)
+            return web.json_response({"error": {"message": content, "code": status}}, status=status,
+                                     headers=headers[0] if headers else None)
         return web.json_response({
             "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "model": body.get("model", ""),
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],

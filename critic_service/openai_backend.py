@@ -134,6 +134,21 @@ class TokenBucket:
                 await asyncio.sleep(wait)
 
 
+def retry_after(value: str | None) -> float:
+    """A Retry-After header's wait in seconds (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return 0.0
+
+
 class OpenAIBackend:
     name = NAME
 
@@ -150,7 +165,7 @@ class OpenAIBackend:
 
     async def critique(self, req: CritiqueRequest) -> Critique:
         cfg = self.cfg
-        attempts = cfg.retries + 1
+        attempts = cfg.attempts()
         if self.judge is None:
             messages = build_messages(req, cfg)
             body = {"model": cfg.openai_model, "messages": messages, "temperature": cfg.temperature,
@@ -158,15 +173,16 @@ class OpenAIBackend:
         else:  # the benchmark's settings: its temperature, no reply limit, asked again until a score is readable
             messages = build_judge_messages(req, cfg, self.judge)
             body = {"model": cfg.openai_model, "messages": messages, "temperature": artifactsbench.TEMPERATURE}
-            attempts = max(attempts, artifactsbench.ATTEMPTS)
-        deadline = time.monotonic() + attempts * cfg.timeout_s
-        reason = "no_attempt"
+        deadline = time.monotonic() + cfg.deadline_s()
+        reason, asked = "no_attempt", 0.0  # asked: the backend's Retry-After, seconds
         for attempt in range(attempts):
             if attempt:
-                delay = cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
+                delay = max(cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()), asked)
                 if time.monotonic() + delay >= deadline:
+                    reason = "rate_limited" if asked else reason  # told to come back after the deadline
                     break
                 await asyncio.sleep(delay)
+                asked = 0.0
             if not (await self.requests.take(1, deadline) and await self.tokens.take(estimate_tokens(messages), deadline)):
                 reason = "rate_limited"
                 break
@@ -181,6 +197,7 @@ class OpenAIBackend:
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 reason = self._error(f"backend_http_{resp.status_code}")
+                asked = retry_after(resp.headers.get("retry-after"))
                 continue
             if resp.status_code >= 400:  # our request is wrong: retrying cannot help
                 return Critique.failed(self._error(f"backend_http_{resp.status_code}"), NAME, resp.text[:300])

@@ -124,7 +124,7 @@ class CriticService:
         return web.json_response(result.to_json())
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "backend": self.backend.name})
+        return web.json_response({"status": "ok", "backend": self.backend.name, "deadline_s": self.cfg.deadline_s()})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         self._sync_backend_errors()

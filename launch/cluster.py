@@ -19,8 +19,9 @@ from launch.config import TrainConfig  # noqa: E402
 
 ConfigStore.instance().store(name="base_config", node=TrainConfig)
 PLAN = "--plan" in sys.argv  # not a hydra flag: taken off before hydra reads the command line
-if PLAN:
-    sys.argv.remove("--plan")
+if PLAN:  # and hydra writes no run folder or log for it
+    sys.argv[sys.argv.index("--plan"):sys.argv.index("--plan") + 1] = [
+        "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled", "hydra.run.dir=."]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

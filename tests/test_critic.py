@@ -187,6 +187,40 @@ def test_openai_backend_retries_503_then_succeeds():
     assert c.score == 55 and len(fake.requests) == 2
 
 
+def test_openai_backend_waits_as_long_as_retry_after_says_within_its_deadline():
+    async def timed(backend):
+        t = time.perf_counter()
+        return await backend.critique(CritiqueRequest("t", "", [], [PNG])), time.perf_counter() - t
+    script = [(429, "slow down", 0, {"Retry-After": "1"}), (200, '{"score": 61, "feedback": "ok"}', 0)]
+    (c, elapsed), fake = with_fake(script, timed, backoff_s=0.01)
+    assert c.score == 61 and len(fake.requests) == 2 and elapsed >= 1.0  # not the 10 ms backoff
+    # told to come back after the critique's deadline (3 x 2 s): unscorable at once, not a wait past it
+    (c, elapsed), fake = with_fake([(503, "busy", 0, {"Retry-After": "100"})], timed, timeout_s=2, backoff_s=0.01)
+    assert c.unscorable and c.reason == "rate_limited" and len(fake.requests) == 1 and elapsed < 1.0
+
+
+def test_the_client_waits_for_the_service_s_own_deadline():
+    """The service says on /healthz how long a critique may take (every attempt: ArtifactsBench's judge asks 4 times);
+    the client waits that long plus a margin, not a fixed 190 s that a 4 x 60 s judge passes."""
+    from critic_service.client import MARGIN_S
+    cfg = CriticConfig(backend="openai", timeout_s=60, retries=2, judge="artifactsbench", artifactsbench_repo="x")
+    assert cfg.attempts() == 4 and cfg.deadline_s() == 240
+
+    async def go():
+        fake = FakeOpenAI([(200, '{"score": 70, "feedback": "ok"}', 0)])
+        base = await fake.start()
+        runner, url = await start(CriticConfig(backend="openai", openai_base_url=base, port=0, timeout_s=100))
+        try:
+            async with CriticClient(url) as client:
+                c = await client.critique(CritiqueRequest("t", "", [], [PNG]))
+                return c, client.timeout_s
+        finally:
+            await runner.cleanup()
+            await fake.stop()
+    c, timeout = run(go())
+    assert c.score == 70 and timeout == 3 * 100 + MARGIN_S
+
+
 def test_openai_backend_garbage_becomes_unscorable_after_retries():
     c, fake = with_fake([(200, "I cannot grade this.", 0)], lambda b: b.critique(CritiqueRequest("t", "", [], [PNG])),
                         retries=2, backoff_s=0.01)
@@ -233,7 +267,7 @@ def test_service_rejects_bad_input_and_keeps_serving():
     assert "malformed JSON" in errors[0][1] and "'task'" in errors[1][1] and "'screenshots[0]'" in errors[2][1]
     assert "'checklist'" in errors[3][1] and "limit" in errors[4][1]
     assert ok.status_code == 200 and ok.json()["backend"] == "heuristic" and ok.json()["score"] is not None
-    assert health.json() == {"status": "ok", "backend": "heuristic"}
+    assert health.json() == {"status": "ok", "backend": "heuristic", "deadline_s": 180.0}  # 3 attempts x 60 s
     for name in ("critic_requests_total", "critic_latency_seconds_bucket", "critic_in_flight", "critic_cache_hits_total"):
         assert name in metrics
     assert 'critic_requests_total{status="400"} 4.0' in metrics
