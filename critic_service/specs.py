@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from render_farm.chromium import find as find_chromium
+
 from .process import _die_with_parent
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -39,7 +41,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 # them. The spec server keeps the full browser: it reuses one browser for many checks, and the shell's emulated
 # fullscreen does not survive that (bom task-19). RELOOK_CHROMIUM overrides both.
 HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
-CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or "/usr/bin/chromium"
+CHROMIUM = find_chromium(missing_ok=True)  # render_farm/chromium.py: RELOOK_CHROMIUM first
 OFFICIAL_CHROMIUM = os.environ.get("RELOOK_CHROMIUM") or (HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else CHROMIUM)
 RUNNER_PACKAGES = ("@web-bench/test-util",)  # shipped in node/packages (Apache-2.0, its licence beside it)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -26,7 +26,7 @@ from learner.learner import Learner
 from learner.weight_sync import PushInterrupted
 from render_farm.farm import RenderFarm
 
-from . import placement
+from . import nodes, placement
 from . import tasks as task_sources
 from .config import TrainConfig
 from .run_io import Dashboard, RunFiles, config_changes, flat, quality, step_metrics, task_checks_gain
@@ -86,6 +86,9 @@ class Trainer:
         self.config_yaml = self.files.write_config(cfg)
         ray_init(cfg)
         self._resources.callback(ray.shutdown)
+        checked = nodes.check(cfg.render.chromium_path, need_runner=cfg.data.source == "web-bench")
+        if checked > 1:
+            print(f"{checked} nodes run the same project, environment and Chromium", flush=True)
         if threading.current_thread() is threading.main_thread():
             # Ray's SIGTERM handler aborts the driver, so no finally runs: unwind instead, so that the checkpoint
             # being written completes and the critic service, wandb and the local Ray session close (close()).

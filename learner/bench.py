@@ -13,7 +13,7 @@ from . import core_algos as algos
 from . import weight_sync as ws
 from .config import LearnerConfig
 from .learner import Learner
-from .rank import collate, micro_batches, trained_only
+from .batches import collate, micro_batches, trained_only
 
 
 def _batch(n: int, length: int, prompt: int, vocab: int) -> list[dict]:
@@ -113,22 +113,25 @@ def run(model: str = "smollm2-135m", trajectories: int = 8, length: int = 256, s
             "weights_gb": round(weights_gb, 3)}
 
 
-def _peak_mb(rank) -> float:
-    """A rank's peak resident memory (VmHWM of its process, MiB) since the last call, which resets it."""
+def _rss_mb(rank) -> tuple[float, float]:
+    """A rank's resident memory now and its peak since the last call (VmRSS, VmHWM of its process), in MiB; the
+    call returns freed memory to the kernel and resets the peak, so the next phase's peak is its own."""
     def read(_self):
         import ctypes
-        fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the kernel, so it is not counted again
+        status = lambda: dict(line.split(":", 1) for line in open("/proc/self/status"))  # noqa: E731
+        peak = int(status()["VmHWM"].split()[0]) / 1024
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the kernel's peak-RSS reset: the next phase's peak is its own
-        return int(fields["VmHWM"].split()[0]) / 1024
+            f.write("5")  # the kernel's peak-RSS reset
+        return int(status()["VmRSS"].split()[0]) / 1024, peak
     return ray.get(rank.__ray_call__.remote(read))
 
 
 def memory(model: str = "smollm2-135m", ranks: int = 2, zero_stage: int = 3, **learner_keys) -> dict:
     """`python -m learner memory`: each rank's peak resident memory (MiB) through the phases of an RL step on CPU -
-    built, a weight push's gather (put_state_dict), a checkpoint, one update; each phase's own peak (the kernel's
-    counter is reset between phases). torch, DeepSpeed and gloo alone hold ~0.5 GiB of every figure."""
+    built, a weight push's gather (put_state_dict), a checkpoint, one update: each phase's own peak (the kernel's
+    counter is reset between phases) and what it added to what the rank held when the phase began (`added`: the
+    phase's own cost, apart from what earlier ones left allocated)."""
     import shutil
     import tempfile
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -139,14 +142,18 @@ def memory(model: str = "smollm2-135m", ranks: int = 2, zero_stage: int = 3, **l
     rows = _batch(8, 256, 64, len(load_tokenizer(model)))
     scratch = tempfile.mkdtemp(prefix="relook-memory-")
     learner = Learner(model, cfg, temperature=1.0, trajectories_per_step=8, cpus_per_rank=2, gpus_per_rank=0)
-    phases = {}
-    for name, run in (("build", lambda: None),
-                      ("push_gather", lambda: ray.get([r.put_state_dict.remote() for r in learner.ranks])),
+    built = [_rss_mb(r) for r in learner.ranks]  # the build's peak: model, reference, DeepSpeed engines
+    phases, added, start = {"build": [round(p) for _, p in built]}, {}, [rss for rss, _ in built]
+    for name, run in (("push_gather", lambda: ray.get([r.put_state_dict.remote() for r in learner.ranks])),
                       ("checkpoint", lambda: learner.save(os.path.join(scratch, "ckpt"))),
                       ("step", lambda: learner.step(rows))):  # last: what it frees is not all returned
         run()
-        phases[name] = [round(_peak_mb(r)) for r in learner.ranks]
+        now = [_rss_mb(r) for r in learner.ranks]
+        phases[name] = [round(peak) for _, peak in now]
+        added[name] = [round(peak - before) for (_, peak), before in zip(now, start)]
+        start = [rss for rss, _ in now]
     ray.shutdown()
     shutil.rmtree(scratch, ignore_errors=True)
     return {"model": model, "ranks": ranks, "zero_stage": zero_stage, **{k: v for k, v in learner_keys.items()},
-            "peak_rss_mib_by_phase": phases, "peak_rss_mib": max(max(v) for v in phases.values())}
+            "peak_rss_mib_by_phase": phases, "added_mib_by_phase": added,
+            "peak_rss_mib": max(max(v) for v in phases.values())}

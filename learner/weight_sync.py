@@ -302,7 +302,6 @@ class Pusher:
         self._plan, self._group, self._group_size, self.last_transport = None, None, 0, None
 
     def push(self, engines: list, version: int, transport: str | None = None, timeout_s: float | None = None) -> None:
-        import ray
         timeout_s = timeout_s or self.timeout_s
         transport = transport or self.transport
         plan = self.pick(engines) if transport == "auto" else {transport: engines}

@@ -8,7 +8,7 @@ import time
 
 from playwright.async_api import async_playwright
 
-from . import sandbox
+from . import chromium, sandbox
 from .config import RenderConfig
 from .renderer import Renderer
 
@@ -40,7 +40,7 @@ async def _baseline(pages: list[str], cfg: RenderConfig) -> float:
     t = time.perf_counter()
     async with async_playwright() as pw:
         for html in pages:
-            browser = await pw.chromium.launch(executable_path=cfg.chromium_path, chromium_sandbox=False,
+            browser = await pw.chromium.launch(executable_path=chromium.find(cfg.chromium_path), chromium_sandbox=False,
                                                args=sandbox.launch_args(cfg.js_heap_mb, "baseline"))
             page = await browser.new_page(viewport={"width": cfg.viewport_width, "height": cfg.viewport_height})
             await page.set_content(html, wait_until="networkidle")
@@ -55,7 +55,7 @@ async def _baseline(pages: list[str], cfg: RenderConfig) -> float:
 async def _floor(pages: list[str], cfg: RenderConfig) -> float:
     """One warm page reused for every page: load, then the same three CDP captures back to back, no waiting."""
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=cfg.chromium_path, chromium_sandbox=False,
+        browser = await pw.chromium.launch(executable_path=chromium.find(cfg.chromium_path), chromium_sandbox=False,
                                            args=sandbox.launch_args(cfg.js_heap_mb, "floor"))
         page = await browser.new_page(viewport={"width": cfg.viewport_width, "height": cfg.viewport_height})
         cdp = await page.context.new_cdp_session(page)

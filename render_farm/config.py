@@ -10,7 +10,7 @@ CLOCKS = ("virtual", "real")
 
 @dataclass
 class RenderConfig:
-    chromium_path: str = "/usr/bin/chromium"  # Debian's chromium; Playwright cannot download its own here
+    chromium_path: str = ""  # "" = found (render_farm/chromium.py: $RELOOK_CHROMIUM, Playwright's browser, PATH, /usr/bin/chromium)
     workers: int = 1  # renderer actors in the Ray pool (each owns one Chromium)
     concurrency: int = 3  # pages rendered at once by one renderer (3 saturates 2 cores)
     viewport_width: int = 1280  # default viewport width in CSS pixels

@@ -19,7 +19,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 
 from common.cache import LRU
 
-from . import images, sandbox
+from . import chromium, images, sandbox
 from .config import RenderConfig
 from .result import RenderRequest, RenderResult
 
@@ -340,7 +340,7 @@ class Renderer:
         if self._pw is None:
             self._pw = await async_playwright().start()
         self._browser = await self._pw.chromium.launch(
-            executable_path=self.cfg.chromium_path, headless=True, chromium_sandbox=False,
+            executable_path=chromium.find(self.cfg.chromium_path), headless=True, chromium_sandbox=False,
             args=sandbox.launch_args(self.cfg.js_heap_mb, self._marker))
         gone = self._gone = asyncio.Event()
         self._browser.on("disconnected", lambda _: gone.set())

@@ -19,7 +19,7 @@ def test_the_learner_scores_exactly_what_the_engine_sampled(temperature, stop):
     import torch
 
     from learner import core_algos as algos
-    from learner.rank import collate, trained_only
+    from learner.batches import collate, trained_only
     from actors.engine import own_generation_config
     engine = HFEngine("tiny")
     engine.tokenizer.pad_token = engine.tokenizer.eos_token  # as SmolLM2's

@@ -120,7 +120,7 @@ def test_decoupled_loss_weights_stale_tokens_and_truncates_them():
 
 
 def test_turn_credit_gives_the_first_reply_half_its_own_advantage():
-    from learner.rank import collate
+    from learner.batches import collate
     outcome, first = torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0])
     adv = turn_advantages(outcome, first, torch.tensor([2, 0]), 4)  # [2, 4]
     # trajectory 0: positions 0, 1 are its first reply -> (1 - 1) / 2 = 0, then the revision -> 1; trajectory 1 has
@@ -145,7 +145,7 @@ def test_the_head_on_trained_positions_alone_gives_the_same_loss_and_gradients()
     logits_to_keep): the loss and every gradient equal those of the full [B, T, V] logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learner.rank import trained_only
+    from learner.batches import trained_only
     mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0]], dtype=torch.float32)  # [B, T] 2 turns
     assert trained_positions(mask).tolist() == [2, 3, 4, 6]
     assert trained_positions(torch.zeros(2, 5)).tolist() == [0]  # an all-padding micro-batch still runs backward
@@ -207,7 +207,7 @@ def test_no_length_mix_overfills_a_rank():
     import random
 
     from learner.learner import shard
-    from learner.rank import micro_batches
+    from learner.batches import micro_batches
     lengths = [900, 300, 300, 300, 280, 260, 250, 240]  # the mix that gave counts [3, 5] against a capacity of 4
     parts = shard([{"token_ids": [0] * n} for n in lengths], 2)
     assert [len(p) for p in parts] == [4, 4]

@@ -77,6 +77,7 @@ def test_two_hosts_train_checkpoint_and_resume(two_hosts, tmp_path, taught_model
     everywhere = hosts["learner"] + hosts["rollout"] + hosts["render"]
     assert ips[1] in everywhere and set(everywhere) <= set(ips)
     assert f"critic service: http://{ips[0]}:" in first.stdout  # on the driver's node IP, not its loopback
+    assert "2 nodes run the same project, environment and Chromium" in first.stdout  # launch/nodes.py's check
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and [r["policy_version"] for r in rows] == [1, 2]
     assert all(r["valid_render_rate"] > 0 and r["unscorable_rate"] == 0 for r in rows), rows  # rendered and scored
