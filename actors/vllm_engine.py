@@ -21,10 +21,12 @@ from .engine import Completion, ContextFull, Sampling, count_call, engine_counts
 class WeightReceiver:
     """Mixed into vLLM's worker (`worker_extension_cls`): runs inside each vLLM worker process."""
 
-    def join_weight_group(self, *args) -> None:
+    def join_weight_group(self, group_id: str, backend: str, master: str, port: int, rank: int, world: int,
+                          timeout_s: float) -> None:
+        """rank: the engine's first rank in the weight group; tensor-parallel worker k joins as rank + k."""
         from learner.weight_sync import Receiver
         self.receiver = getattr(self, "receiver", None) or Receiver()
-        self.receiver.join(*args)
+        self.receiver.join(group_id, backend, master, port, rank + getattr(self, "rank", 0), world, timeout_s)
 
     def receive_pushed_weights(self, transport: str, buckets: list, handles: list | None) -> None:
         """broadcast / cuda_ipc: every bucket streams into one in-place reload (vLLM reloads a model as a whole)."""
@@ -150,8 +152,8 @@ class VLLMEngine:
             self._open.set()
 
     async def weight_info(self) -> dict:
-        (info,) = await self._engine().collective_rpc("weight_device")  # one worker: tensor parallel size 1
-        return {**info, "version": self.version}
+        infos = await self._engine().collective_rpc("weight_device")  # one per tensor-parallel worker
+        return {**infos[0], "members": len(infos), "version": self.version}
 
     async def join(self, *args) -> None:
         await self._engine().collective_rpc("join_weight_group", args=args)

@@ -37,7 +37,9 @@ class WeightReceiver(Protocol):
     """The receive side of a push, as an engine implements it (each returns at once or raises)."""
 
     def weight_info(self) -> dict:
-        """{"device": "cpu"|"cuda", "gpu_uuid": str|None, "group_id": the weight group joined (None), "version": int}"""
+        """{"device": "cpu"|"cuda", "gpu_uuid": str|None, "group_id": the weight group joined (None), "version": int,
+        and optionally "members": the processes that join a weight group for it (vLLM: its tensor-parallel workers,
+        ranks rank .. rank + members - 1), 1 when absent}"""
 
     def join(self, group_id: str, backend: str, master: str, port: int, rank: int, world: int, timeout_s: float) -> None:
         """Join the weight group (rank >= 1; learner rank 0 is its root)."""
@@ -287,6 +289,8 @@ def group_by_transport(me: dict, infos: list[dict], engines: list) -> dict[str, 
     for info, engine in zip(infos, engines):
         if me["device"] != "cuda" or info["gpu_uuid"] is None:
             out["object_store"].append(engine)
+        elif info.get("members", 1) > 1:  # tensor parallel: its GPUs are several, and each worker takes the broadcast
+            out["broadcast"].append(engine)
         else:
             out["cuda_ipc" if info["gpu_uuid"] == me["gpu_uuid"] else "broadcast"].append(engine)
     return {t: e for t, e in out.items() if e}
@@ -362,8 +366,10 @@ class Pusher:
             return
         me = ray.get(self.ranks[0].weight_info.remote())
         backend = "nccl" if me["device"] == "cuda" and all(i["gpu_uuid"] for i in infos) else "gloo"
-        group, world = uuid.uuid4().hex, len(engines) + 1
-        joins = [e.join.remote(group, backend, me["ip"], me["port"], i + 1, world, timeout_s) for i, e in enumerate(engines)]
+        sizes = [i.get("members", 1) for i in infos]  # a tensor-parallel engine joins with each of its workers
+        group, world = uuid.uuid4().hex, 1 + sum(sizes)
+        joins = [e.join.remote(group, backend, me["ip"], me["port"], 1 + sum(sizes[:k]), world, timeout_s)
+                 for k, e in enumerate(engines)]
         joins.append(self.ranks[0].join_weight_group.remote(backend, me["port"], world, timeout_s))
         self._wait(joins, len(engines), timeout_s, version, what=f"weight group at {me['ip']}:{me['port']} of")
         self._group, self._group_size = group, len(engines)

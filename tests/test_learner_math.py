@@ -234,3 +234,5 @@ def test_auto_push_picks_a_transport_per_engine_gpu():
     plan = group_by_transport(me, infos, list(range(9)))
     assert plan == {"cuda_ipc": [0], "broadcast": [1, 2, 3, 4, 5, 6, 7], "object_store": [8]}
     assert group_by_transport({"device": "cpu", "gpu_uuid": None}, infos[:2], [0, 1]) == {"object_store": [0, 1]}
+    # a tensor-parallel engine whose first worker shares rank 0's GPU still takes the broadcast (each worker does)
+    assert group_by_transport(me, [{"gpu_uuid": "GPU-0", "members": 2}], [0]) == {"broadcast": [0]}

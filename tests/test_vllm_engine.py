@@ -107,7 +107,8 @@ def test_vllm_engine_receives_a_bucketed_broadcast_over_gloo():
             sender = threading.Thread(target=send)
             sender.start()
             await e.join("g1", "gloo", "127.0.0.1", port, 1, 2, 60.0)
-            assert await e.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1", "version": 0}
+            assert await e.weight_info() == {"device": "cpu", "gpu_uuid": None, "group_id": "g1", "members": 1,
+                                             "version": 0}
             assert await e.receive("broadcast", [[tuple(m) for m in b] for b in buckets], version=3) == 3
             sender.join(timeout=60)
             assert sent and e.version == 3
@@ -129,7 +130,7 @@ def test_cluster_trains_on_vllm_end_to_end_and_resumes(tmp_path, taught_model):
     from .conftest import ROOT
     out = tmp_path / "run"
     args = [sys.executable, "launch/cluster.py", f"model.name={taught_model}", "cluster.address=local",
-            "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48", "rollout.temperature=1.0",
+            "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48",
             "engine=vllm", "engine.dtype=float32", "engine.max_model_len=1024", "engine.enforce_eager=true",
             "trainer.wandb=disabled", "trainer.progress=false", f"trainer.output_dir={out}"]
     first = subprocess.run([*args, "trainer.max_steps=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
