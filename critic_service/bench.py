@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import os
 import statistics
@@ -16,7 +17,7 @@ from .fake_openai import FakeOpenAI
 from .openai_backend import OpenAIBackend
 from .service import start
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+DATA = os.path.join(os.path.dirname(__file__), "..", "data")  # the repository's data/
 
 
 async def _real_render() -> tuple[str, list[bytes], dict, list[str]]:
@@ -24,7 +25,8 @@ async def _real_render() -> tuple[str, list[bytes], dict, list[str]]:
     html = open(os.path.join(DATA, "web-bench", "calculator", "src", "index.html")).read()
     async with Renderer() as r:
         res = await r.render(html)
-    tasks = [json.loads(line)["instruction"] for line in open(os.path.join(DATA, "webgen-bench", "test.jsonl"))]
+    tasks = [json.loads(line)["description"] for p in sorted(glob.glob(os.path.join(DATA, "web-bench", "*", "tasks.jsonl")))
+             for line in open(p) if line.strip()]  # varied task texts: every bundled Web-Bench task
     return html, res.screenshots, res.dom, tasks
 
 

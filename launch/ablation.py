@@ -10,7 +10,8 @@ tokens, every attempt counted, so a multi-turn arm takes fewer steps than a sing
 
 Each trained arm records its held-out first-page reward every `trainer.eval_every` steps (the plot; the first page
 is what every arm produces the same way, so the curves compare). Then every arm's final policy runs the critic-free
-self-edit cycle (3 rounds, every round run) on the held-out tasks and on WebGen-Bench instructions, and the critic
+self-edit cycle (3 rounds, every round run) on the held-out tasks and, given `trainer.ablation_webgen` (the file
+is not bundled: data/README.md), on WebGen-Bench instructions, and the critic
 judges the page kept after each round: round 0 is one-shot, round 3 the self-edited page; a score that falls over
 the rounds is the paper's "behavioural collapse". Writes <output_dir>/ablation.json, ablation.md, ablation.png.
 Resumable: an arm that finished (its <arm>/arm.json) is not run again.
@@ -75,7 +76,9 @@ def run(cfg: TrainConfig) -> dict:
     from .trainer import task_pools
     root = Path(cfg.trainer.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    sets = {"heldout": task_pools(cfg)[1], "webgen": load("webgen", "", cfg.data.limit or 8)}
+    sets = {"heldout": task_pools(cfg)[1]}
+    if cfg.trainer.ablation_webgen:
+        sets["webgen"] = load("webgen", cfg.trainer.ablation_webgen, cfg.data.limit or 8)
     table, t_all = {}, time.time()
     for name, changes in ARMS.items():
         t0, curve, steps, tokens = time.time(), [], 0, 0
@@ -113,15 +116,18 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| arm | steps | generated tokens | held-out one-shot | held-out self-edit (3) | WebGen one-shot | "
-            "WebGen self-edit (3) | WebGen per round |", "|---|---|---|---|---|---|---|---|"]
+    sets = list(result["tasks"])  # heldout, and webgen when given
+    label = {"heldout": "held-out", "webgen": "WebGen"}
+    head = [f"{label[s]} {k}" for s in sets for k in ("one-shot", "self-edit (3)", "per round")]
+    rows = ["| arm | steps | generated tokens | " + " | ".join(head) + " |", "|---" * (3 + len(head)) + "|"]
     for name, a in result["arms"].items():
-        rows.append(f"| {name} | {a['steps']} | {a['generated_tokens']} | {a['heldout_one_shot']:.1f} | "
-                    f"{a['heldout_self_edit']:.1f} | {a['webgen_one_shot']:.1f} | {a['webgen_self_edit']:.1f} | "
-                    f"{' → '.join(f'{x:.1f}' for x in a['webgen_per_round'])} |")
-    return (f"Scores: the critic's 0-100 (an invalid page 0), mean over {result['tasks']['heldout']} held-out tasks "
-            f"and {result['tasks']['webgen']} WebGen-Bench instructions; {result['minutes']} minutes in all.\n\n"
-            + "\n".join(rows) + "\n")
+        cells = [c for s in sets for c in (f"{a[s + '_one_shot']:.1f}", f"{a[s + '_self_edit']:.1f}",
+                                           " → ".join(f"{x:.1f}" for x in a[s + "_per_round"]))]
+        rows.append(f"| {name} | {a['steps']} | {a['generated_tokens']} | " + " | ".join(cells) + " |")
+    counts = " and ".join(f"{n} {'held-out tasks' if s == 'heldout' else 'WebGen-Bench instructions'}"
+                          for s, n in result["tasks"].items())
+    return (f"Scores: the critic's 0-100 (an invalid page 0), mean over {counts}; {result['minutes']} minutes in "
+            f"all.\n\n" + "\n".join(rows) + "\n")
 
 
 def plot(table: dict, path: Path) -> None:
@@ -132,9 +138,10 @@ def plot(table: dict, path: Path) -> None:
     for name, a in table.items():
         if a["heldout_curve"]:
             left.plot(*zip(*a["heldout_curve"]), marker="o", label=name)
-        right.plot(range(ROUNDS + 1), a["webgen_per_round"], marker="o", label=name)
+        right.plot(range(ROUNDS + 1), a.get("webgen_per_round", a["heldout_per_round"]), marker="o", label=name)
     left.set(xlabel="step", ylabel="held-out first-page reward", title="learning")
-    right.set(xlabel="self-edit round (critic-free)", ylabel="WebGen-Bench score", title="self-edit rounds")
+    shown = "WebGen-Bench" if any("webgen_per_round" in a for a in table.values()) else "held-out"
+    right.set(xlabel="self-edit round (critic-free)", ylabel=f"{shown} score", title="self-edit rounds")
     left.legend(), right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

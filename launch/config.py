@@ -23,7 +23,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "procedural"  # "procedural" (WebGen-style generator), "webgen", "web-bench", "artifactsbench", "fullstack"
-    path: str = ""  # the benchmark's file or folder; "" = the bundled copy (webgen, web-bench under ../shared/data)
+    path: str = ""  # the benchmark's file or folder; "" = the copy in data/ (web-bench; webgen is not bundled: data/README.md)
     limit: int = 0  # use only the first N tasks of a benchmark (0 = all)
     tasks_per_step: int = 2  # B tasks per RL step (each gets rollout.group_size trajectories)
     heldout_tasks: int = 4  # held-out tasks used by evaluation (never trained on; a benchmark's first N rows)
@@ -75,6 +75,7 @@ class TrainerConfig:
     throughput: bool = False  # +experiment=throughput: the same steps synchronously, then with max_staleness=1; one JSON line per mode
     token_budget: int = 0  # stop after the step whose generated tokens (all attempts, this run) reach this many; 0 = max_steps only
     ablation: bool = False  # +experiment=ablation: train and evaluate the paper's arms (launch/ablation.py)
+    ablation_webgen: str = ""  # +experiment=ablation: WebGen-Bench's test.jsonl, evaluated beside the held-out tasks ("" = held-out tasks alone; not bundled: data/README.md)
 
 
 @dataclass

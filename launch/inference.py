@@ -53,7 +53,7 @@ class EvalConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(source="webgen"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural"))
     self_edit: SelfEditConfig = field(default_factory=lambda: SelfEditConfig(use_critic=False))
     revision: RevisionConfig = field(default_factory=RevisionConfig)
 

@@ -39,6 +39,35 @@ def config_changes(saved: dict, now: dict) -> list[str]:
             if saved.get(k) != now.get(k) and not k.startswith(RESUME_FREE)]
 
 
+def checkpoints(root: Path) -> list[Path]:
+    """The complete step-NNNNNN checkpoints of a run folder, oldest first (a `.tmp` one was cut off while written)."""
+    return sorted(p for p in (root / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def changes_since(root: Path, now: dict) -> list[str] | None:
+    """What differs between `now` (flat) and the settings root's latest checkpoint trained with; None: nothing to
+    resume there."""
+    done = checkpoints(root)
+    if not done or not (done[-1] / "config.yaml").is_file():
+        return None
+    return config_changes(flat(OmegaConf.to_container(OmegaConf.load(done[-1] / "config.yaml"))), now)
+
+
+def run_folder(root: str, now: dict) -> tuple[Path, list[str]]:
+    """trainer.resume=auto: the folder a run trains in. `root` itself, unless its latest checkpoint was trained with
+    other settings: a changed setting means a new run, so the first of root-2, root-3, ... that holds no checkpoint
+    or one with these settings (the same command again resumes there). -> (folder, what changed against root)."""
+    base = Path(root).resolve()
+    changed = changes_since(base, now)
+    if not changed:
+        return base, []
+    for n in range(2, 10_000):
+        there = changes_since(base.with_name(f"{base.name}-{n}"), now)
+        if not there:  # None (a fresh folder) or [] (this run, interrupted or finished)
+            return base.with_name(f"{base.name}-{n}"), changed
+    raise RuntimeError(f"no free run folder beside {base}")
+
+
 class RunFiles:
     """The run's folder. Everything a step writes goes through here, so a resumed run can cut back to its checkpoint."""
 
@@ -83,8 +112,7 @@ class RunFiles:
         return steps[-1] if steps else None
 
     def _checkpoints(self) -> list[Path]:
-        """The complete step-NNNNNN checkpoints, oldest first (a `.tmp` one was cut off while written)."""
-        return sorted(p for p in (self.root / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        return checkpoints(self.root)
 
     def checkpoint_dir(self, step: int) -> str:
         return str(self.root / "checkpoints" / f"step-{step:06d}")

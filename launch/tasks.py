@@ -114,18 +114,24 @@ def fullstack(path: str) -> list[dict]:
     return tasks
 
 
-LOADERS = {"webgen": webgen, "web-bench": web_bench, "artifactsbench": artifactsbench, "fullstack": fullstack}
-BUNDLED = {"webgen": "../shared/data/webgen-bench/test.jsonl", "web-bench": "../shared/data/web-bench"}
+LOADERS = {"procedural": lambda path: procedural("heldout"), "webgen": webgen, "web-bench": web_bench,
+           "artifactsbench": artifactsbench, "fullstack": fullstack}
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = {"procedural": "-", "web-bench": str(ROOT / "data" / "web-bench")}  # what the repository carries
+WHERE = {"webgen": "WebGen-Bench is not bundled (its repository has no licence file): download data/test.jsonl from "
+                   "https://github.com/mnluzimu/WebGen-Bench (or the Hugging Face dataset luzimu/WebGen-Bench) and "
+                   "pass data.path=PATH/test.jsonl (data/README.md)"}
 
 
 def load(source: str, path: str = "", limit: int = 0) -> list[dict]:
-    """Tasks of a benchmark; path "" = the bundled copy (relative paths are from the repository root)."""
+    """Tasks of a benchmark; path "" = the copy in data/ (web-bench) or the generator's held-out split (procedural);
+    relative paths are from the working directory, else the repository root."""
     if source not in LOADERS:
-        raise ValueError(f"data.source={source!r} is invalid: expected one of {['procedural', *LOADERS]}")
+        raise ValueError(f"data.source={source!r} is invalid: expected one of {list(LOADERS)}")
     path = path or BUNDLED.get(source, "")
     if not path:
-        raise ValueError(f"data.path is required for data.source={source!r}: point it at the benchmark's file")
+        raise ValueError(f"data.path is required for data.source={source!r}: "
+                         + WHERE.get(source, "point it at the benchmark's file"))
     if not os.path.isabs(path) and not os.path.exists(path):  # relative to the working directory, else to the repo
         path = str(ROOT / path)
     tasks = LOADERS[source](path)

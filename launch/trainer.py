@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 import ray
 from omegaconf import OmegaConf
@@ -29,7 +30,8 @@ from render_farm.farm import RenderFarm
 from . import nodes, placement
 from . import tasks as task_sources
 from .config import TrainConfig
-from .run_io import Dashboard, RunFiles, config_changes, flat, quality, step_metrics, task_checks_gain
+from .run_io import (Dashboard, RunFiles, checkpoints, config_changes, flat, quality, run_folder, step_metrics,
+                     task_checks_gain)
 
 
 stopped_by: str | None = None  # the signal that stopped the run ("SIGTERM"), for the driver's last line
@@ -76,10 +78,18 @@ class Trainer:
 
     def setup(self) -> "Trainer":
         cfg = self.cfg
+        if cfg.trainer.resume == "auto":  # a changed setting is a new run; the same settings continue
+            folder, changed = run_folder(cfg.trainer.output_dir, flat(cfg))
+            if changed:
+                print(f"{cfg.trainer.output_dir} was trained with other settings ({'; '.join(changed)}): this run "
+                      f"trains in {folder}; trainer.resume={checkpoints(Path(cfg.trainer.output_dir))[-1]} would "
+                      f"continue that run with these settings instead", flush=True)
+                self.cfg = cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, output_dir=str(folder)))
+                self.files = RunFiles(str(folder))
         ckpt = self.files.checkpoint(cfg.trainer.resume)
         if ckpt is not None and (ckpt / "config.yaml").is_file():  # torchtune's check: say what changed since then
             changed = config_changes(flat(OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml"))), flat(cfg))
-            if changed:
+            if changed:  # trainer.resume=PATH: continued as asked, with the changes said
                 print(f"resuming from {ckpt} with changed settings: " + "; ".join(changed), flush=True)
         if cfg.critic.url and not answers(cfg.critic.url):  # before Ray starts or the config is written
             raise ValueError(f"critic.url={cfg.critic.url!r} does not answer GET /healthz")

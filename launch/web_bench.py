@@ -38,12 +38,12 @@ from critic_service.specs import Project, SpecServer, official_check  # noqa: E4
 LANG = {".js": "js", ".mjs": "js", ".css": "css", ".html": "html", ".json": "json", ".svg": "svg"}
 
 
-BUNDLED = Path(__file__).resolve().parents[2] / "shared" / "data" / "web-bench"
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "web-bench"
 
 
 def projects(path: str = "", limit: int = 0) -> list[Project]:
     """The Web-Bench projects under `path` (a folder of projects, one project, or a file in one; "" = the bundled
-    twelve in ../shared/data/web-bench)."""
+    twelve in data/web-bench)."""
     root = Path(path) if path else BUNDLED
     root = root if root.is_dir() else root.parent
     folders = [root] if (root / "playwright.config.js").is_file() else sorted(

@@ -12,7 +12,7 @@ from . import chromium, sandbox
 from .config import RenderConfig
 from .renderer import Renderer
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "web-bench")
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "web-bench")  # the repository's data/
 
 _SYNTHETIC = [  # pages with motion, as models write them: a clock, a CSS animation, a canvas chart drawn by rAF
     "<html><body style='font:40px sans-serif;background:#102030;color:#eee'><h1>Clock</h1><p id=c></p><script>"

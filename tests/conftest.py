@@ -12,13 +12,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"  # what the repository carries (Web-Bench's projects)
+WEBGEN = ROOT / "tests" / "data" / "webgen-test.jsonl"  # WebGen-Bench's format, our own instructions (not bundled)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
     return DATA
 
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .conftest import ROOT
+from .conftest import ROOT, WEBGEN
 
 FAST = ["model=tiny", "cluster.address=local", "rollout.group_size=2", "rollout.max_new_tokens=32",
         "trainer.wandb=disabled", "trainer.progress=false"]
@@ -44,14 +44,34 @@ def test_two_steps_then_resume_runs_only_step_three(tmp_path):
     AutoTokenizer.from_pretrained(ckpt / "hf")
     assert (out / "config.yaml").is_file()
 
-    second = cluster(*FAST, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}",
-                     "learner.lr=2e-6")
+    second = cluster(*FAST, "trainer.max_steps=3", "trainer.resume=auto", f"trainer.output_dir={out}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "step 2" in second.stdout
-    # torchtune's resume check: what changed since the checkpoint is said, what may change freely is not
-    assert "changed settings: learner.lr: 1e-06 -> 2e-06" in second.stdout and "max_steps" not in second.stdout
+    assert "other settings" not in second.stdout  # max_steps may change freely: the same run goes on
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["policy_version"] == 3
+
+
+def test_a_changed_setting_is_a_new_run_and_the_same_settings_continue(tmp_path):
+    """trainer.resume=auto (launch/run_io.run_folder): a folder trained with other settings is left alone and the run
+    goes to <folder>-2 (the next free one, or the one already trained with these settings); a key that may change
+    freely (trainer.max_steps) continues in place."""
+    from launch.run_io import run_folder
+
+    def trained(folder, **settings):
+        ckpt = folder / "checkpoints" / "step-000002"
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in settings.items()))
+
+    run = tmp_path / "run"
+    assert run_folder(str(run), {"learner": 1}) == (run, [])  # nothing there yet
+    trained(run, learner={"lr": 1e-6}, trainer={"max_steps": 2})
+    assert run_folder(str(run), {"learner.lr": 1e-6, "trainer.max_steps": 3}) == (run, [])
+    folder, changed = run_folder(str(run), {"learner.lr": 2e-6, "trainer.max_steps": 2})
+    assert folder == tmp_path / "run-2" and changed == ["learner.lr: 1e-06 -> 2e-06"]
+    trained(tmp_path / "run-2", learner={"lr": 2e-6}, trainer={"max_steps": 2})  # that run, interrupted or done
+    assert run_folder(str(run), {"learner.lr": 2e-6, "trainer.max_steps": 2})[0] == tmp_path / "run-2"
+    assert run_folder(str(run), {"learner.lr": 3e-6, "trainer.max_steps": 2})[0] == tmp_path / "run-3"
 
 
 def test_config_errors_fail_fast_naming_the_key(tmp_path):
@@ -155,7 +175,8 @@ def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
     run = cluster(f"model.name={taught_model}", "+experiment=ablation", "cluster.address=local", "trainer.max_steps=2",
                   "trainer.token_budget=1", "trainer.eval_every=1", "data.heldout_tasks=1", "data.limit=1",
                   "rollout.group_size=2", "rollout.max_new_tokens=80", "rollout.max_resamples=1",
-                  "trainer.eval_temperature=0", "trainer.wandb=disabled", f"trainer.output_dir={out}", timeout=600)
+                  "trainer.eval_temperature=0", "trainer.wandb=disabled", f"trainer.output_dir={out}",
+                  f"trainer.ablation_webgen={WEBGEN}", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     checks = [line for line in lines if "baseline_checks" in line]

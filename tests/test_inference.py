@@ -12,7 +12,7 @@ import pytest
 
 from launch import tasks
 
-from .conftest import ROOT, TASK, WEB_BENCH_PROJECTS, stop_ray_session
+from .conftest import ROOT, TASK, WEB_BENCH_PROJECTS, WEBGEN, stop_ray_session
 
 TINY = ["model=tiny", "self_edit.max_new_tokens=24", "revision.edit_max_new_tokens=8"]
 
@@ -23,9 +23,16 @@ def script(name, *args, timeout=300):
 
 
 def test_webgen_and_web_bench_loaders_on_the_bundled_data(data_dir):
-    webgen = tasks.load("webgen")
-    assert len(webgen) == 101 and all(t["prompt"] and t["checklist"] for t in webgen)
-    assert tasks.load("webgen", limit=3) == webgen[:3]
+    """WebGen-Bench from a path the user gives (not bundled: the error says where to get it); Web-Bench from data/;
+    the generator's held-out split as evaluate.py's default."""
+    with pytest.raises(ValueError, match="WebGen-Bench is not bundled.*github.com/mnluzimu/WebGen-Bench.*data.path="):
+        tasks.load("webgen")
+    webgen = tasks.load("webgen", str(WEBGEN))
+    assert len(webgen) == 8 and all(t["prompt"] and t["checklist"] for t in webgen)
+    assert tasks.load("webgen", str(WEBGEN), limit=3) == webgen[:3]
+    assert webgen[0]["checklist"][0].startswith("Search for a stock") and "Expected:" in webgen[0]["checklist"][0]
+    held = tasks.load("procedural", limit=4)
+    assert len(held) == 4 and {t["id"] for t in held} <= {t["id"] for t in tasks.procedural("heldout")}
     web = tasks.load("web-bench")  # per project: init from no files, task-1 from src-init, each with its specs
     assert sorted(t["id"] for t in web) == sorted(f"{p}/{t}" for p in WEB_BENCH_PROJECTS for t in ("init", "task-1"))
     calc = next(t for t in web if t["id"] == "calculator/init")
@@ -145,7 +152,7 @@ def test_evaluate_generates_on_rollout_workers_when_a_ray_cluster_is_up(tmp_path
     assert env_start.returncode == 0, env_start.stderr[-2000:]
     try:
         out = tmp_path / "eval"
-        res = script("evaluate", *TINY, "data=webgen", "data.limit=2", "ray=auto", "workers=2", "progress=false",
+        res = script("evaluate", *TINY, "data=webgen", f"data.path={WEBGEN}", "data.limit=2", "ray=auto", "workers=2", "progress=false",
                      f"out={out}")
         assert res.returncode == 0, res.stderr[-2000:]
         rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
