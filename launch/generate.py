@@ -1,4 +1,4 @@
-"""`python launch/generate.py task="..." [out=page.html] [model=...] [self_edit.rounds=3] [critic=none|heuristic|openai]`
+"""`python launch/generate.py task="..." [out=page.html] [model=PRESET | model.name=PATH] [self_edit.rounds=3] [critic=none|heuristic|openai]`
 
 Inference as ReLook deploys it: the first page, then the critic-free self-edit cycle (actors/self_edit.py); with a
 critic configured, its feedback drives the rounds and only improving revisions are kept. Writes the final page to
