@@ -141,25 +141,21 @@ async def draw(generate, context: list[int], sampling: Sampling, n: int, traj: T
         return None
 
 
-async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
-                         generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
-                         shaping: RewardConfig | None = None, specs=None, away=None) -> Trajectory:
-    """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
-    render(RenderRequest) -> RenderResult; critique(CritiqueRequest) -> Critique; specs(task, files) -> SpecReport
-    for a task with files and specs (Web-Bench), whose pages are file sets ({path: text}) instead of one html.
-    away(flag): told around each request whether the trajectory may ask again (run_group: the engine's Batcher)."""
-    revision, shaping = revision or RevisionConfig(), shaping or RewardConfig()
-    away = away or (lambda flag: None)
-    traj = Trajectory(task["id"], group_id, task["prompt"])
-    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
-    edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
-    checklist = list(task.get("checklist") or [])
-    request = task.get("web_bench", {}).get("description", task["prompt"])  # what the critic reads as the task
-    traj.token_ids, traj.loss_mask, traj.logprobs = list(prompt_ids), [0] * len(prompt_ids), [0.0] * len(prompt_ids)
+@dataclass
+class Judge:
+    """Renders and critiques the page a reply asks for, timing each part into the trajectory; with specs (a
+    Web-Bench task with files), the task's own end-to-end tests join the verdict."""
+    task: dict
+    traj: "Trajectory"
+    render: object
+    critique: object
+    specs: object
+    shaping: RewardConfig
 
-    async def judge(c: Completion, turn: int, html: str | None, kind: str, note: str):
-        """Render and critique the page a reply asks for (html None: it asked for none)."""
-        files = html if isinstance(html, dict) else None  # a file set: the reply wrote files (site_of)
+    async def __call__(self, c: Completion, turn: int, html, kind: str, note: str, best_html=None):
+        """html None: the reply asked for no page; a dict: a file set (site_of). -> (Attempt, page, html or files)."""
+        traj, task = self.traj, self.task
+        files = html if isinstance(html, dict) else None
         fmt = format_score(c.text) if kind == "page" else float(files is not None) if kind == "files" \
             else edits_format_score(c.text, best_html)
         made = lambda score, valid, reason, feedback: Attempt(turn, c.text, score, valid, reason, False, feedback,
@@ -173,39 +169,69 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
                         "block." if kind == "page" else ASK["files"] if kind == "files"
                         else f"The reply changed nothing ({note})."), None, None
         t = time.perf_counter()
-        page = await render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry})
-                            if files is not None else html)
+        page = await self.render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry})
+                                 if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
         if not page.valid:  # scored 0 without asking the critic
             return made(0.0, False, page.reason, f"The page did not render: {page.reason} ({page.detail}). Fix it "
                         f"so the page loads and shows its content."), page, files if files is not None else html
         t = time.perf_counter()
-        verdict = await critique(CritiqueRequest(request, html, checklist, page.screenshots, page.shot_times,
-                                                 page.dom, page.console_errors + page.page_errors))
+        request = task.get("web_bench", {}).get("description", task["prompt"])  # what the critic reads as the task
+        verdict = await self.critique(CritiqueRequest(request, html, list(task.get("checklist") or []),
+                                                      page.screenshots, page.shot_times, page.dom,
+                                                      page.console_errors + page.page_errors))
         traj.timings_s["critic"] += time.perf_counter() - t
         score, feedback, checks = verdict.score, verdict.feedback, dict(verdict.checks)
-        if files is not None and specs is not None:  # the task's own end-to-end tests join the verdict
+        if files is not None and self.specs is not None:
             t = time.perf_counter()
-            tests = await specs(task, files)
+            tests = await self.specs(task, files)
             traj.timings_s["specs"] = traj.timings_s.get("specs", 0.0) + time.perf_counter() - t
-            score = judged_score(score, tests.fraction, shaping)
+            score = judged_score(score, tests.fraction, self.shaping)
             feedback, checks["tests"] = f"{feedback}\n{tests.feedback()}", tests.fraction
         attempt = made(score, True, None, feedback)
         attempt.checks = checks
         return attempt, page, files if files is not None else html
 
-    def take(c: Completion):
-        traj.token_ids += c.token_ids
-        traj.loss_mask += [1] * len(c.token_ids)
-        traj.logprobs += c.logprobs
 
+def _extend(traj: "Trajectory", ids: list[int], logprobs: list[float] | None) -> None:
+    """Tokens onto the trajectory: the policy's (trained, with their log-probs) or context (logprobs None)."""
+    traj.token_ids += ids
+    traj.loss_mask += [1 if logprobs is not None else 0] * len(ids)
+    traj.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+
+
+def _finish(traj: "Trajectory", best, best_attempt: Attempt, best_page, shaping: RewardConfig) -> "Trajectory":
+    traj.policy_version = min(a.version for a in traj.attempts if a.accepted)
+    traj.final_score, traj.final_valid, traj.final_checks = best, best_attempt.valid, best_attempt.checks
+    traj.unscorable = best is None
+    traj.reward = reward(best_attempt.valid, best, best_attempt.fmt, shaping)
+    if best_page is not None and best_page.screenshots:
+        traj.final_screenshot = best_page.screenshots[-1]
+    traj.finished_at = time.time()
+    return traj
+
+
+async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_ids: list[int], conv: Conversation,
+                         generate, render, critique, cfg: RolloutConfig, revision: RevisionConfig | None = None,
+                         shaping: RewardConfig | None = None, specs=None, away=None) -> Trajectory:
+    """One trajectory from its already generated first page. generate(prompt_ids, sampling, n) -> [Completion];
+    render(RenderRequest) -> RenderResult; critique(CritiqueRequest) -> Critique; specs(task, files) -> SpecReport
+    for a task with files and specs (Web-Bench), whose pages are file sets ({path: text}) instead of one html.
+    away(flag): told around each request whether the trajectory may ask again (run_group: the engine's Batcher)."""
+    revision, shaping = revision or RevisionConfig(), shaping or RewardConfig()
+    away = away or (lambda flag: None)
+    traj = Trajectory(task["id"], group_id, task["prompt"])
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
+    edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
+    judge = Judge(task, traj, render, critique, specs, shaping)
+    _extend(traj, list(prompt_ids), None)
     site = "files" in task  # a multi-file task: every reply writes files over the best file set so far
     first_page = site_of(task, first.text, None) if site else extract_html(first.text)
     attempt, page, html = await judge(first, 0, first_page, "files" if site else "page", "")
     attempt.accepted = True
     traj.attempts.append(attempt)
     traj.first_reward = reward(attempt.valid, attempt.score, attempt.fmt, shaping)
-    take(first)
+    _extend(traj, first.token_ids, first.logprobs)
     traj.first_end = len(traj.token_ids)
     best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, first
     for turn in range(1, cfg.max_turns):
@@ -229,28 +255,17 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
                 new, note = (site_of(task, candidate.text, best_html), "files") if site else \
                     revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
                 attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else
-                                                  "files" if site else "page", note)
+                                                  "files" if site else "page", note, best_html)
                 traj.attempts.append(attempt)
                 if accepted is None and (accept_revision(attempt.score, best) or not cfg.forced_optimization):
                     attempt.accepted, accepted = True, (candidate, attempt, page, html)
         if accepted is None:
             break  # Forced Optimization: no resample improved, the trajectory stops here
         candidate, attempt, page, html = accepted
-        traj.token_ids += delta
-        traj.loss_mask += [0] * len(delta)
-        traj.logprobs += [0.0] * len(delta)
-        take(candidate)
+        _extend(traj, delta, None)
+        _extend(traj, candidate.token_ids, candidate.logprobs)
         best, best_attempt, best_page, best_html, last = attempt.score, attempt, page, html, candidate
-    traj.policy_version = min(a.version for a in traj.attempts if a.accepted)
-    traj.final_score = best
-    traj.final_valid = best_attempt.valid
-    traj.final_checks = best_attempt.checks
-    traj.unscorable = best is None
-    traj.reward = reward(best_attempt.valid, best, best_attempt.fmt, shaping)
-    if best_page is not None and best_page.screenshots:
-        traj.final_screenshot = best_page.screenshots[-1]
-    traj.finished_at = time.time()
-    return traj
+    return _finish(traj, best, best_attempt, best_page, shaping)
 
 
 async def run_group(task: dict, conv: Conversation, generate, render, critique, cfg: RolloutConfig,

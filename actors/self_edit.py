@@ -77,6 +77,20 @@ async def score_rounds(kept: list[tuple], rounds: int, judge, final: Critique) -
     return [scores[id(page)] for _, page in kept]
 
 
+async def _timed(res: "EditResult", stage: str, coro):
+    t = time.perf_counter()
+    out = await coro
+    res.timings_s[stage] += time.perf_counter() - t
+    return out
+
+
+def _finish(res: "EditResult", html, page, reply: str, verdict) -> "EditResult":
+    res.html, res.page, res.reply = html, page, reply
+    res.score = verdict.score if verdict is not None else None
+    res.feedback = verdict.feedback if verdict is not None else farm_report(page)
+    return res
+
+
 async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfEditConfig,
                     critique=None, revision: RevisionConfig | None = None) -> EditResult:
     """One page for task through cfg.rounds revision rounds. generate(ids, Sampling, n) -> [Completion];
@@ -87,28 +101,22 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
     in_loop = critique is not None and cfg.use_critic
     t_start = time.perf_counter()
 
-    async def timed(stage, coro):
-        t = time.perf_counter()
-        out = await coro
-        res.timings_s[stage] += time.perf_counter() - t
-        return out
-
     async def judge(html: str | None, page: RenderResult | None, reply: str = "") -> Critique:
         if page is None or not page.valid:  # strict zero for an invalid render, no critic call
             return Critique(0.0, farm_report(page), backend="render")
         # a judge that reads the whole answer (ArtifactsBench) gets the reply when it is the page, else the page
         answer = reply if reply and extract_html(reply) == html else ""
-        return await timed("critic", critique(CritiqueRequest(
+        return await _timed(res, "critic", critique(CritiqueRequest(
             task["prompt"], html, list(task.get("checklist") or []), page.screenshots, page.shot_times, page.dom,
             page.console_errors + page.page_errors, answer)))
 
     page_sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     edit_sampling = Sampling(cfg.temperature, cfg.top_p, revision.edit_max_new_tokens, tuple(cfg.stop))
     context = conv.prompt_ids(task["prompt"])
-    (last,) = await timed("generate", generate(context, page_sampling, 1))
+    (last,) = await _timed(res, "generate", generate(context, page_sampling, 1))
     context = context + last.token_ids
     html = extract_html(last.text)
-    page = await timed("render", render(html)) if html is not None else None
+    page = await _timed(res, "render", render(html)) if html is not None else None
     verdict = await judge(html, page, last.text) if in_loop else None
     res.tokens = len(last.token_ids)
     res.history.append({"round": 0, "kind": "page", "accepted": True, "tokens": len(last.token_ids),
@@ -122,7 +130,8 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
             whole = html is None or revision.format == "page"
             report = critic_report(verdict.score, verdict.feedback) if in_loop else farm_report(page)
             delta = conv.feedback_ids(task["prompt"], last, revision_message(report, "page" if whole else "edits"))
-            (reply,) = await timed("generate", generate(context + delta, page_sampling if whole else edit_sampling, 1))
+            sampling = page_sampling if whole else edit_sampling
+            (reply,) = await _timed(res, "generate", generate(context + delta, sampling, 1))
             res.rounds, res.tokens = rnd, res.tokens + len(reply.token_ids)
             row = {"round": rnd, "kind": "page" if whole else "edits", "accepted": False, "tokens": len(reply.token_ids)}
             res.history.append(row)
@@ -132,7 +141,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 if cfg.early_stop:
                     break
                 continue
-            new_page = await timed("render", render(new))
+            new_page = await _timed(res, "render", render(new))
             row["valid"] = new_page.valid
             if page is not None and new_page.screenshots == page.screenshots and farm_rank(new_page) == farm_rank(page):
                 res.stop = "page_unchanged"
@@ -160,7 +169,4 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
         verdict = await judge(html, page, last.text)
     if cfg.score_rounds and critique is not None:
         res.round_scores = await score_rounds(kept, cfg.rounds, judge, verdict)
-    res.html, res.page, res.reply = html, page, last.text
-    res.score = verdict.score if verdict is not None else None
-    res.feedback = verdict.feedback if verdict is not None else farm_report(page)
-    return res
+    return _finish(res, html, page, last.text, verdict)

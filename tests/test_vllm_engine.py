@@ -130,7 +130,7 @@ def test_cluster_trains_on_vllm_end_to_end_and_resumes(tmp_path, taught_model):
     from .conftest import ROOT
     out = tmp_path / "run"
     args = [sys.executable, "launch/cluster.py", f"model.name={taught_model}", "cluster.address=local",
-            "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48",
+            "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48", "rollout.temperature=1.0",
             "engine=vllm", "engine.dtype=float32", "engine.max_model_len=1024", "engine.enforce_eager=true",
             "trainer.wandb=disabled", "trainer.progress=false", f"trainer.output_dir={out}"]
     first = subprocess.run([*args, "trainer.max_steps=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
