@@ -128,7 +128,7 @@ def test_cluster_trains_on_vllm_end_to_end_and_resumes(tmp_path, taught_model):
     import sys
 
     from .conftest import ROOT
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # at T 1: at 0.8 the taught policy's four pages scored alike (no advantage, no update)
     args = [sys.executable, "launch/cluster.py", f"model.name={taught_model}", "cluster.address=local",
             "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48", "rollout.temperature=1.0",
             "engine=vllm", "engine.dtype=float32", "engine.max_model_len=1024", "engine.enforce_eager=true",
