@@ -146,7 +146,7 @@ class Judge:
     """Renders and critiques the page a reply asks for, timing each part into the trajectory; with specs (a
     Web-Bench task with files), the task's own end-to-end tests join the verdict."""
     task: dict
-    traj: "Trajectory"
+    traj: Trajectory
     render: object
     critique: object
     specs: object

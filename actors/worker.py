@@ -104,7 +104,7 @@ def _vllm_worker():
         def __init__(self, model: str, cfg: RolloutConfig, render_workers: list, critic_url: str | None,
                      seed: int = 0, revision: RevisionConfig | None = None, reward: RewardConfig | None = None,
                      engine: EngineConfig | None = None):
-            VLLMEngine.__init__(self, model, seed=seed, engine=engine or EngineConfig(kind="vllm"))
+            VLLMEngine.__init__(self, model, seed=seed, engine=engine)
             self._start_loop(cfg, render_workers, critic_url, revision, reward)
 
     return VLLMRolloutWorker

@@ -114,10 +114,8 @@ def fullstack(path: str) -> list[dict]:
     return tasks
 
 
-LOADERS = {"procedural": lambda path: procedural("heldout"), "webgen": webgen, "web-bench": web_bench,
-           "artifactsbench": artifactsbench, "fullstack": fullstack}
+LOADERS = {"webgen": webgen, "web-bench": web_bench, "artifactsbench": artifactsbench, "fullstack": fullstack}
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = {"procedural": "-", "web-bench": str(ROOT / "data" / "web-bench")}  # what the repository carries
 WHERE = {"webgen": "WebGen-Bench is not bundled (its repository has no licence file): download data/test.jsonl from "
                    "https://github.com/mnluzimu/WebGen-Bench (or the Hugging Face dataset luzimu/WebGen-Bench) and "
                    "pass data.path=PATH/test.jsonl (data/README.md)"}
@@ -126,15 +124,17 @@ WHERE = {"webgen": "WebGen-Bench is not bundled (its repository has no licence f
 def load(source: str, path: str = "", limit: int = 0) -> list[dict]:
     """Tasks of a benchmark; path "" = the copy in data/ (web-bench) or the generator's held-out split (procedural);
     relative paths are from the working directory, else the repository root."""
-    if source not in LOADERS:
-        raise ValueError(f"data.source={source!r} is invalid: expected one of {list(LOADERS)}")
-    path = path or BUNDLED.get(source, "")
-    if not path:
+    if source == "procedural":
+        tasks = procedural("heldout")
+    elif source not in LOADERS:
+        raise ValueError(f"data.source={source!r} is invalid: expected one of {['procedural', *LOADERS]}")
+    elif not path and source != "web-bench":  # web-bench: "" is the copy in data/ (web_bench.BUNDLED)
         raise ValueError(f"data.path is required for data.source={source!r}: "
                          + WHERE.get(source, "point it at the benchmark's file"))
-    if not os.path.isabs(path) and not os.path.exists(path):  # relative to the working directory, else to the repo
-        path = str(ROOT / path)
-    tasks = LOADERS[source](path)
+    else:
+        if path and not os.path.isabs(path) and not os.path.exists(path):  # from the working directory, else the repo
+            path = str(ROOT / path)
+        tasks = LOADERS[source](path)
     return tasks[:limit] if limit > 0 else tasks
 
 

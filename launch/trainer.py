@@ -87,9 +87,10 @@ class Trainer:
                 self.cfg = cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, output_dir=str(folder)))
                 self.files = RunFiles(str(folder))
         ckpt = self.files.checkpoint(cfg.trainer.resume)
-        if ckpt is not None and (ckpt / "config.yaml").is_file():  # torchtune's check: say what changed since then
+        if cfg.trainer.resume != "auto" and ckpt is not None and (ckpt / "config.yaml").is_file():
+            # trainer.resume=PATH: continued as asked, with what changed since said (torchtune's check)
             changed = config_changes(flat(OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml"))), flat(cfg))
-            if changed:  # trainer.resume=PATH: continued as asked, with the changes said
+            if changed:
                 print(f"resuming from {ckpt} with changed settings: " + "; ".join(changed), flush=True)
         if cfg.critic.url and not answers(cfg.critic.url):  # before Ray starts or the config is written
             raise ValueError(f"critic.url={cfg.critic.url!r} does not answer GET /healthz")

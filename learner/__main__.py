@@ -14,12 +14,11 @@ def main(argv=None) -> int:
         print(json.dumps(run(*argv[1:])))
         return 0
     if argv[:1] == ["memory"]:
-        import ast
+        from omegaconf import OmegaConf
 
         from .bench import memory
         model = [a for a in argv[1:] if "=" not in a]
-        keys = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
-        keys = {k: ast.literal_eval(v) if v[:1].isdigit() or v in ("True", "False") else v for k, v in keys.items()}
+        keys = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv[1:] if "=" in a]))  # typed values
         print(json.dumps(memory(*model[:1], **keys)))
         return 0
     print(USAGE, file=sys.stderr)

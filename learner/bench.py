@@ -154,6 +154,6 @@ def memory(model: str = "smollm2-135m", ranks: int = 2, zero_stage: int = 3, **l
         start = [rss for rss, _ in now]
     ray.shutdown()
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"model": model, "ranks": ranks, "zero_stage": zero_stage, **{k: v for k, v in learner_keys.items()},
+    return {"model": model, "ranks": ranks, "zero_stage": zero_stage, **learner_keys,
             "peak_rss_mib_by_phase": phases, "added_mib_by_phase": added,
             "peak_rss_mib": max(max(v) for v in phases.values())}

@@ -132,7 +132,8 @@ class Learner:
     def skip(self) -> dict:
         """A step with nothing to train on (every sample too stale): the weights stay, the version moves on."""
         self.version += 1
-        return {"logprob_diff_mean": 0.0, "logprob_diff_max": 0.0, "ratio_mean": 1.0, "loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
+        return {"logprob_diff_mean": 0.0, "logprob_diff_max": 0.0, "ratio_mean": 1.0, "loss": 0.0, "kl": 0.0,
+                "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "adv_mean": 0.0,
                 "adv_std": 0.0, "adv_abs_max": 0.0, "flat_groups": 0, "groups": 0, "train_tokens": 0,
                 "optimizer_steps": 0, "policy_version": self.version}
 

@@ -53,7 +53,6 @@ def full_state_dict(module: torch.nn.Module, zero3: bool, bucket_mb: float, rank
     state = module.state_dict()  # under ZeRO-3: placeholders for parameters, real buffers
     if not zero3:
         return {k: v.detach().cpu().clone() for k, v in state.items()} if rank == 0 else {}
-    import deepspeed
     named = dict(module.named_parameters(remove_duplicate=False))
     names_of: dict[int, list[str]] = {}  # a tied weight: one parameter, several names, gathered once
     for n, p in named.items():
@@ -62,7 +61,7 @@ def full_state_dict(module: torch.nn.Module, zero3: bool, bucket_mb: float, rank
     out, bucket, size, limit = {}, [], 0, bucket_mb * 2**20
 
     def flush(params: list) -> None:
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        with gathered(params, True):
             if rank == 0:
                 for p in params:
                     for n in names_of[id(p)]:

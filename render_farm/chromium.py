@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 
 DEBIAN = "/usr/bin/chromium"
@@ -19,10 +20,11 @@ class ChromiumNotFound(RuntimeError):
 
 
 def _playwright_browsers() -> list[str]:
+    """Playwright's Chromium builds, newest revision first (chromium-<revision>/...)."""
     root = os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or os.path.expanduser("~/.cache/ms-playwright")
-    found = sorted(glob.glob(os.path.join(root, "chromium-*", "chrome-linux*", "chrome")), reverse=True)  # newest
-    return found + sorted(glob.glob(os.path.join(root, "chromium-*", "chrome-mac*", "Chromium.app", "Contents",
-                                                 "MacOS", "Chromium")), reverse=True)
+    found = glob.glob(os.path.join(root, "chromium-*", "chrome-linux*", "chrome")) + glob.glob(
+        os.path.join(root, "chromium-*", "chrome-mac*", "Chromium.app", "Contents", "MacOS", "Chromium"))
+    return sorted(found, key=lambda p: int(re.search(r"chromium-(\d+)", p).group(1)), reverse=True)
 
 
 def find(configured: str = "", missing_ok: bool = False) -> str:

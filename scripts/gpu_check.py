@@ -162,9 +162,12 @@ def cuda_ipc_push(model: str, device: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    device = "cpu" if "--device" in argv and argv[argv.index("--device") + 1] == "cpu" else "cuda"
-    args = [a for a in argv if not a.startswith("--") and a != "cpu"]
-    model = args[0] if args else "smollm2-135m"
+    import argparse
+    parser = argparse.ArgumentParser(description="the GPU path's Ray-free checks, one JSON line each")
+    parser.add_argument("model", nargs="?", default="smollm2-135m")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = parser.parse_args(argv)
+    model, device = args.model, args.device
     os.environ["DS_ACCELERATOR"] = device
     failed = 0
     for check in (engine_ratio, zero3_step, cuda_ipc_push):
