@@ -172,6 +172,9 @@ class Judge:
         page = await self.render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry})
                                  if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
+        traj.timings_s["render_queue"] = traj.timings_s.get("render_queue", 0.0) + page.timings_ms.get("queue", 0) / 1e3
+        if page.unscorable:  # the farm ran out of time before the page opened: not the page's fault, never a zero
+            return made(None, False, page.reason, ""), page, None
         if not page.valid:  # scored 0 without asking the critic
             return made(0.0, False, page.reason, f"The page did not render: {page.reason} ({page.detail}). Fix it "
                         f"so the page loads and shows its content."), page, files if files is not None else html

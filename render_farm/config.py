@@ -16,7 +16,8 @@ class RenderConfig:
     viewport_width: int = 1280  # default viewport width in CSS pixels
     viewport_height: int = 720  # default viewport height in CSS pixels
     shot_times: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0])  # seconds after load (ReLook/ArtifactsBench)
-    deadline_s: float = 10.0  # wall-clock budget for one page, load to last screenshot
+    deadline_s: float = 10.0  # wall-clock budget for one page, from its page being opened to its last screenshot
+    queue_timeout_s: float = 60.0  # the longest a page waits for a render slot and a fresh page; past it the render is "busy" (unscorable, not the page's fault)
     clock: str = "virtual"  # "virtual": CDP virtual time, no waiting; "real": wait in wall-clock time
     max_html_bytes: int = 2_000_000  # larger HTML is invalid "too_large" before any page opens
     blank_threshold: float = 0.0  # a shot is blank when at most this fraction of pixels differ from its dominant colour (truly blank pages measure exactly 0)
@@ -36,6 +37,7 @@ class RenderConfig:
             ("shot_times", bool(self.shot_times) and all(t >= 0 for t in self.shot_times)
              and list(self.shot_times) == sorted(self.shot_times), "a non-empty ascending list of seconds >= 0"),
             ("deadline_s", self.deadline_s > 0, "a number of seconds > 0"),
+            ("queue_timeout_s", self.queue_timeout_s > 0, "a number of seconds > 0"),
             ("max_html_bytes", self.max_html_bytes > 0, "bytes > 0"),
             ("blank_threshold", 0 <= self.blank_threshold < 1, "a fraction in [0, 1)"),
             ("pages_per_context", self.pages_per_context >= 1, "an integer >= 1"),

@@ -2,8 +2,10 @@
 
 A render: open a fresh page (its own renderer process) in a recycled browser context, load the HTML with
 set_content, take the screenshots at the scheduled times by advancing the page's virtual clock (page_clock.js; no
-wall-clock waiting), summarise the DOM, decide validity. Everything under one deadline, raced
-against the page's crash event and the browser's disconnection, so a hostile page costs at most its deadline.
+wall-clock waiting), summarise the DOM, decide validity. The page's deadline counts from its page being opened and is raced against the
+page's crash event and the browser's disconnection, so a hostile page costs at most its deadline; the wait for a slot
+before that is the farm's and bounded on its own (render.queue_timeout_s: past it the render is "busy", unscorable),
+so a healthy page queued behind hostile ones is never judged invalid for their time.
 """
 from __future__ import annotations
 
@@ -136,18 +138,16 @@ class Renderer:
         if key and (hit := self.cache.get(key)) is not None:
             return RenderResult(**{**hit.__dict__, "cached": True})
         deadline_s = req.deadline_s or cfg.deadline_s
-        try:  # the deadline counts from the request: waiting behind hostile pages for a slot uses it up too
-            await asyncio.wait_for(self._slots.acquire(), deadline_s)
+        try:  # waiting for a slot is the farm's time, not the page's: bounded on its own, never out of the deadline
+            await asyncio.wait_for(self._slots.acquire(), cfg.queue_timeout_s)
         except asyncio.TimeoutError:
-            return self._count(RenderResult(False, "timeout", shot_times=list(times), timings_ms={
-                "queue": round((time.perf_counter() - t0) * 1e3, 1)}, detail=f"no render slot came free within the "
-                f"{deadline_s:g} s deadline (render.concurrency={cfg.concurrency} pages were rendering)"))
+            return self._count(RenderResult(False, "busy", shot_times=list(times), timings_ms={
+                "queue": round((time.perf_counter() - t0) * 1e3, 1)}, detail=f"no render slot came free within "
+                f"render.queue_timeout_s={cfg.queue_timeout_s:g} s ({cfg.concurrency} pages were rendering)"))
         try:
-            queued_s = time.perf_counter() - t0
-            result = await self._render_once(req.html, viewport, times, max(deadline_s - queued_s, 0.05), req.files)
+            result = await self._render_once(req.html, viewport, times, deadline_s, req.files, t0)
         finally:
             self._slots.release()
-        result.timings_ms["queue"] = round(queued_s * 1e3, 1)
         result.timings_ms["total"] = round((time.perf_counter() - t0) * 1e3, 1)
         if key and result.reason in (None, "blank"):  # timeouts and crashes may be load-dependent: never cached
             self.cache.put(key, result)
@@ -158,10 +158,12 @@ class Renderer:
 
     # -- one page -------------------------------------------------------------------------------------------------
 
-    async def _render_once(self, html: str, viewport, times, deadline_s: float, files=None) -> RenderResult:
-        """One page under one deadline that covers everything: opening a slot (a context and a page cost real
-        browser time on a loaded machine), loading, the screenshots and the DOM summary."""
-        t_start = time.perf_counter()
+    async def _render_once(self, html: str, viewport, times, deadline_s: float, files=None,
+                           t_queued: float | None = None) -> RenderResult:
+        """One page: opening a slot (a context and a page cost real browser time on a loaded machine) is the farm's
+        time, bounded with the wait for a slot by render.queue_timeout_s ("busy"); the page's own deadline counts
+        from then and covers loading, the screenshots and the DOM summary."""
+        t_queued = time.perf_counter() if t_queued is None else t_queued
         async with self._lock:
             await self._ensure_browser()
             gone = self._gone
@@ -169,11 +171,16 @@ class Renderer:
         slot, healthy = None, False
         try:
             opening = asyncio.ensure_future(self._acquire_slot())
-            if not (await asyncio.wait([opening], timeout=deadline_s))[0]:
+            left = max(self.cfg.queue_timeout_s - (time.perf_counter() - t_queued), 0.05)
+            if not (await asyncio.wait([opening], timeout=left))[0]:
                 opening.add_done_callback(self._discard_slot)  # closed once it exists; this page is over
-                out.reason, out.detail = "timeout", f"no page could be opened within {deadline_s:g} s"
+                out.reason = "busy"
+                out.detail = f"no page could be opened within render.queue_timeout_s={self.cfg.queue_timeout_s:g} s"
+                out.timings_ms["queue"] = round((time.perf_counter() - t_queued) * 1e3, 1)
                 return out
             slot = opening.result()
+            t_start = time.perf_counter()
+            out.timings_ms["queue"] = round((t_start - t_queued) * 1e3, 1)
             work = asyncio.ensure_future(self._load_and_shoot(slot, html, viewport, times, out, files))
             waiters = [work, asyncio.ensure_future(slot.crashed.wait()), asyncio.ensure_future(gone.wait())]
             left = max(deadline_s - (time.perf_counter() - t_start), 0.0)

@@ -6,7 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field
 
 # Why a render is invalid; the reward of an invalid render is exactly 0.
-REASONS = (None, "too_large", "blank", "timeout", "crash", "load_error")
+REASONS = (None, "too_large", "blank", "timeout", "crash", "load_error", "busy")
+# Why a render says nothing about the page: the farm ran out of time before the page was opened (no slot came free,
+# no page could be opened). Such a page is unscorable (left out of its group's baseline), never an invalid zero.
+NOT_THE_PAGE = ("busy",)
 
 
 @dataclass
@@ -39,9 +42,13 @@ class RenderResult:
     page_errors: list[str] = field(default_factory=list)
     blocked_requests: int = 0  # network attempts the sandbox refused
     blank_fraction: list[float] = field(default_factory=list)  # per shot: fraction of non-dominant pixels
-    timings_ms: dict = field(default_factory=dict)  # queue, load, shots, total
+    timings_ms: dict = field(default_factory=dict)  # queue (a slot and a page: the farm's time), load, shots, total
     cached: bool = False  # served from the dedup cache
     detail: str | None = None  # human-readable cause of an invalid render
+
+    @property
+    def unscorable(self) -> bool:
+        return self.reason in NOT_THE_PAGE
 
     @property
     def nbytes(self) -> int:

@@ -117,6 +117,29 @@ def test_unscorable_first_page_marks_the_trajectory_unscorable(cfg, taught):
     assert traj.unscorable and traj.final_score is None and traj.reward == 0.0 and len(traj.attempts) == 1
 
 
+def test_a_busy_render_farm_makes_the_page_unscorable_never_zero(cfg, taught):
+    """Infrastructure is never the page's fault: with the farm's one slot held by a spinning page past
+    render.queue_timeout_s, the policy's page is "busy", its trajectory unscorable (left out of the group baseline),
+    and the critic is never asked."""
+    from render_farm.config import RenderConfig
+    from render_farm.result import RenderRequest
+    engine, conv = taught
+    critic = ScriptedCritic([90])
+
+    async def go():
+        async with Renderer(RenderConfig(concurrency=1, queue_timeout_s=0.5, cache_mb=0)) as r:
+            assert (await r.render("<h1>warm</h1>")).valid  # its slot opened: the spinner reuses it at once
+            spinner = asyncio.ensure_future(r.render(RenderRequest("<script>for(;;){}</script>", deadline_s=12)))
+            await asyncio.sleep(0.2)
+            trajs = await run_group(TASK, conv, Batcher(engine).generate, r.render, critic, cfg)
+            return trajs, await spinner
+    (traj,), spun = run(go())
+    assert spun.reason == "timeout"
+    assert traj.attempts[0].reason == "busy" and traj.attempts[0].score is None, traj.attempts[0]
+    assert traj.unscorable and traj.final_score is None and critic.calls == 0
+    assert traj.timings_s["render_queue"] >= 0.5
+
+
 def test_untrained_policy_gets_zero_for_no_html():
     cfg = RolloutConfig(group_size=3, max_turns=2, max_resamples=1, temperature=1.0, max_new_tokens=24)
     critic = ScriptedCritic([90])
