@@ -27,6 +27,8 @@ class DataConfig:
     limit: int = 0  # use only the first N tasks of a benchmark (0 = all)
     tasks_per_step: int = 2  # B tasks per RL step (each gets rollout.group_size trajectories)
     heldout_tasks: int = 4  # held-out tasks used by evaluation (never trained on; a benchmark's first N rows)
+    independent_path: str = "data/independent/tasks.jsonl"  # the learning check's tasks from another distribution (WebGen-Bench format), judged by executable checks (launch/independent.py)
+    independent_tasks: int = 0  # how many of them the learning check evaluates before and after training (0 = none)
     seed: int = 0  # task order
 
 

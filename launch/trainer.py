@@ -27,7 +27,7 @@ from learner.learner import Learner
 from learner.weight_sync import PushInterrupted
 from render_farm.farm import RenderFarm
 
-from . import nodes, placement
+from . import independent, nodes, placement
 from . import tasks as task_sources
 from .config import TrainConfig
 from .run_io import (Dashboard, RunFiles, checkpoints, config_changes, flat, quality, run_folder, step_metrics,
@@ -144,6 +144,7 @@ class Trainer:
                                 "rollout": ray.get([w.node_ip.remote() for w in self.workers]),
                                 "render": ray.get([w.node_ip.remote() for w in self.farm.workers])})
         self.train_pool, self.heldout = task_pools(cfg)
+        self.independent = independent.pool(cfg) if cfg.trainer.learning_check else []
         self.dash = Dashboard(cfg, self.files.root, self.start_step)
         return self
 
@@ -283,7 +284,12 @@ class Trainer:
                      "temperature": self.cfg.resolved_eval_temperature()}
         trajs = self.rollout(self.heldout, t.seed * 1_000_003 - 1, overrides=overrides)
         self.files.write_samples(name, trajs)
-        return quality(trajs)
+        held = quality(trajs)
+        if self.independent and name in ("heldout-baseline", "heldout-final"):  # the judge never trained against
+            trajs = self.rollout(self.independent, t.seed * 1_000_003 - 2, overrides=overrides)
+            held["independent"] = independent.judge(self.independent, trajs)
+            self.files.write_samples(name.replace("heldout", "independent"), trajs)
+        return held
 
     def save(self, step: int, wait: bool = True) -> None:
         state = {"step": step, "policy_version": self.learner.version, "data_seed": self.cfg.data.seed}
@@ -346,13 +352,27 @@ class Trainer:
                         "task_checks_gain": task_checks_gain(baseline["checks"], final["checks"]),
                         "baseline_valid_rate": baseline["valid_rate"], "final_valid_rate": final["valid_rate"],
                         "baseline_first_reward": baseline["first_reward"], "final_first_reward": final["first_reward"],
-                        "reward_formula": self.cfg.reward.formula()}
+                        **learning_figures(baseline, final), "reward_formula": self.cfg.reward.formula()}
                 print(json.dumps(line), flush=True)
                 result.update(line)
             self.saved()
             return result
         finally:
             self.close()
+
+
+def learning_figures(baseline: dict, final: dict) -> dict:
+    """The learning check's two judges side by side: heldout_* by the training critic (the one-shot reward on the
+    procedural held-out tasks), independent_* by executable checks on tasks from another distribution (0..100)."""
+    out = {"heldout_baseline": round(baseline["first_reward"], 4), "heldout_final": round(final["first_reward"], 4),
+           "heldout_gain": round(final["first_reward"] - baseline["first_reward"], 4)}
+    if "independent" in baseline:
+        b, f = baseline["independent"], final["independent"]
+        out.update({"independent_baseline": b["score"], "independent_final": f["score"],
+                    "independent_gain": round(f["score"] - b["score"], 2), "independent_pages": len(b["verdicts"]),
+                    "independent_checks_baseline": b["checks"], "independent_checks_final": f["checks"],
+                    "independent_valid_baseline": b["valid_rate"], "independent_valid_final": f["valid_rate"]})
+    return out
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -13,12 +13,14 @@ from critic_service.config import CriticConfig
 from critic_service.critique import CritiqueRequest
 from critic_service.fake_openai import FakeOpenAI
 from critic_service.heuristic import critique as heuristic_critique
+from critic_service.heuristic import _name as colour_name
 from critic_service.heuristic import task_colors
 from critic_service.openai_backend import OpenAIBackend, TokenBucket, parse_reply
 from critic_service.service import start
 from render_farm.renderer import Renderer
 
-from .conftest import ROOT, WEBGEN, run
+from . import critic_pages as pages
+from .conftest import WEBGEN, run
 
 
 def webgen(data_dir, ids):
@@ -87,47 +89,45 @@ def test_heuristic_ranks_the_faithful_page_first(data_dir, task_id, words):
     reqs = run(render_requests([faithful, recoloured, off_topic], task, checklist))
     good, wrong_colours, other = (heuristic_critique(r) for r in reqs)
     assert good.score > wrong_colours.score + 10 and good.score > other.score + 10, (good, wrong_colours, other)
-    assert "background" in wrong_colours.feedback and bg in wrong_colours.feedback  # says what to change to
+    # says what to change to, in words: the colour's name, not a value to paste
+    assert "background" in wrong_colours.feedback and colour_name(colors["background"]) in wrong_colours.feedback
 
 
-BAKERY = ("Please implement a website for a local bakery. The website should have a photo gallery of breads and cakes, "
-          "a menu with prices, an order form where customers enter their name, pickup date and items, and a footer "
-          "with opening hours and address. Use ivory for the background and forest green for components.")
+CRITIC_TASKS = [pages.task("landing page for a bakery", "an image gallery", "a contact form"),
+                pages.task("weather dashboard", "a bar chart", "a data table", "alice blue", "steel blue"),
+                pages.task("music player page", "a navigation bar", "a search box", "lavender", "indigo"),
+                pages.task("hotel booking page", "a contact form", "a call-to-action button", "seashell", "crimson"),
+                pages.task("pricing page for a software product", "a data table", "a footer with links", "white", "navy"),
+                pages.task("recipe page", "an image gallery", "a data table", "linen", "maroon")]
 
 
-def twins(task: str, bg: str) -> dict[str, str]:
-    """Degenerate pages for a task: a heading and a button on the asked-for background, and the same page stuffed
-    with the task's words in every way a person cannot see them."""
-    near_empty = f"<html><body style='background:{bg}'><h1>{task.split()[-1]}</h1><button>Go</button></body></html>"
-    hidden = "".join(f"<p style='{style}'>{task}</p>" for style in (
-        f"color:{bg}", "display:none", "position:absolute;left:-9999px", "font-size:1px", "opacity:0",
-        "height:0;overflow:hidden", "visibility:hidden"))
-    return {"near_empty": near_empty, "stuffed": near_empty.replace("</body>", hidden + "</body>")}
-
-
-def test_heuristic_pays_for_what_a_person_sees_not_for_empty_or_stuffed_pages(data_dir):
-    """A page that does the task beats each degenerate twin by >= 30 points: near-empty, keyword-stuffed with
-    invisible text, and another task's page. Two of the three tasks' pages predate this critic (`site`)."""
-    rows = webgen(data_dir, ["000001", "000002"])
-    tasks = [BAKERY] + [r["instruction"] for r in rows]
-    words = ["", "Stock search by stock code or name. Report format and report content options. Market trends, "
-             "financial data and stock information in every generated report.",
-             "Neighborhood mapping: compare demographic, economic and crime data across areas. Data dashboards "
-             "with interactive charts and customizable layouts. Search neighborhoods, compare areas."]
-    bgs = ["ivory"] + ["#%02x%02x%02x" % task_colors(t)["background"] for t in tasks[1:]]
-    full = [(ROOT / "tests" / "pages" / "bakery.html").read_text()] + [
-        site("Portal", w, bg, "#%02x%02x%02x" % task_colors(t)["components"]) for t, w, bg in zip(tasks[1:], words[1:], bgs[1:])]
-    for i, (task, bg) in enumerate(zip(tasks, bgs)):
-        other = full[1] if i == 0 else full[0]  # the two portal pages share a template: the bakery is the other task
-        pages = {"does_the_task": full[i], **twins(task, bg), "other_task": other}
-        reqs = run(render_requests(list(pages.values()), task, []))
-        scores = {name: heuristic_critique(r) for name, r in zip(pages, reqs)}
-        good = scores.pop("does_the_task")
-        assert good.score >= 70, good
+def test_every_degenerate_twin_scores_30_points_below_the_page_that_does_the_task():
+    """Six tasks, each with a page that does it (tests/critic_pages.py, written for this test, not tuned on) and its
+    twins: near-empty, keyword-stuffed, the real page's text hidden, one salad template for every task (each kind and
+    element named, a tiny form, a two-row table, two rectangles, ten colour bands), another task's page in this
+    task's colours, and colour bands. Every twin >= 30 points below the real page; the salad below 50 on every task."""
+    for i, task in enumerate(CRITIC_TASKS):
+        twin_pages = pages.twins(task, CRITIC_TASKS[(i + 1) % len(CRITIC_TASKS)])
+        htmls = [pages.real_page(task), *twin_pages.values()]
+        reqs = run(render_requests(htmls, task, []))
+        real, *twins_judged = (heuristic_critique(r) for r in reqs)
+        scores = dict(zip(twin_pages, twins_judged))
+        assert real.score >= 70, (task, real)
         for name, twin in scores.items():
-            assert good.score >= twin.score + 30, (i, name, good.score, twin)
-        assert scores["stuffed"].checks["terms"] <= scores["near_empty"].checks["terms"] + 0.1  # hidden words earn nothing
-        assert set(good.checks) >= {"background", "components", "terms", "elements", "layout", "errors"}
+            assert real.score >= twin.score + 30, (task, name, real.score, twin)
+        assert scores["salad"].score < 50, (task, scores["salad"])
+        assert scores["hidden_text"].checks["terms"] <= scores["near_empty"].checks["terms"] + 0.05  # hidden: nothing
+        assert set(real.checks) >= {"background", "components", "terms", "elements", "layout", "errors"}
+
+
+def test_feedback_says_what_is_wrong_in_words_without_text_to_paste():
+    """The salad's feedback names what a person would: keyword lists, another task's subject, a form that is not a
+    form; never CSS to paste or the task's words to copy."""
+    task = CRITIC_TASKS[0]
+    (req,) = run(render_requests([pages.salad("ivory")], task, []))
+    fb = heuristic_critique(req).feedback
+    assert "keywords" in fb and "never asks for" in fb and "form" in fb, fb
+    assert "{" not in fb and "#" not in fb and "background-color" not in fb, fb
 
 
 def test_heuristic_wants_motion_when_the_task_asks_for_it():
