@@ -51,7 +51,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 512  # per generated page (an edit reply gets revision.edit_max_new_tokens)
     stop: list[str] = field(default_factory=list)  # extra stop strings
-    feedback_role: str = "tool"  # role of the critic's message in the conversation ("tool"; "user" for templates without tools)
+    feedback_role: str = "user"  # role of the revision message: "user", the role every chat template (SmolLM2's, Qwen2.5's) was instruct-tuned on; "tool" reads as a tool result (Qwen2.5) or an unseen role (SmolLM2)
     system_prompt: str = SYSTEM_PROMPT  # system message of every conversation
     max_batch: int = 16  # generate requests merged into one engine call
     batch_wait_s: float = 3.0  # HF engine: a call waits at most this long for trajectories still rendering or being critiqued to ask too (0 = what is waiting goes at once)
@@ -87,7 +87,7 @@ class SelfEditConfig:
     temperature: float = 0.2  # 0 = greedy
     top_p: float = 1.0  # nucleus sampling
     stop: list[str] = field(default_factory=list)  # extra stop strings (as rollout.stop)
-    feedback_role: str = "tool"  # role of the round's report in the conversation (the training loop's role)
+    feedback_role: str = "user"  # role of the round's report in the conversation (the training loop's role)
     system_prompt: str = SYSTEM_PROMPT  # system message (the training loop's)
 
     def validate(self) -> "SelfEditConfig":

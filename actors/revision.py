@@ -1,9 +1,11 @@
-"""Reading the policy's replies, and the one revision format training and inference share.
+"""Reading the policy's replies, and the one revision context training and inference share.
 
-A revision is asked for with `revision_message(report, format)` - the critic's score and feedback in training, the
-render farm's report at critic-free inference, always followed by the same request - and the reply is turned into
-a page by `revise`: SEARCH/REPLACE edits applied to the current page ("edits") or a whole page ("page"). What the
-policy practises in training is exactly what it does at inference.
+A revision is asked for with `revision_message(render_report(page), format, critic)`: what the render farm saw of
+the page (valid or not and why, console errors, visible text, element counts, colours of the largest areas, how much
+of the first screen it fills), then, in training only, the critic's verdict in the same form, then the same request.
+A policy trained with the critic meets at inference a subset of the context it trained in (ReLook decouples the
+critic so). The reply becomes a page by `revise`: SEARCH/REPLACE edits applied to the current page ("edits") or a
+whole page ("page"), with the same rule for a page cut off by the token budget in both (it is judged like any other).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from common.checks import check
 
 FORMATS = ("page", "edits")
 ASK = {
-    "page": "Re-read your code against the request and reply with the whole revised page in one ```html block "
-            "(or NO CHANGES if the page is already right).",
-    "edits": "Re-read your code against the request. If the page is right, reply NO CHANGES. Otherwise fix it with "
-             "SEARCH/REPLACE blocks:\n<<<<<<< SEARCH\nexact lines of the current page\n=======\nthe lines that "
-             "replace them\n>>>>>>> REPLACE",
+    # no "NO CHANGES" way out: a revision is always written, and whether it is kept is the acceptance rule's call
+    # (Forced Optimization in training, the render farm's no-worse rule at inference)
+    "page": "Re-read your code against the request and what the page shows, and reply with the whole improved page "
+            "in one ```html block.",
+    "edits": "Re-read your code against the request and what the page shows, and improve it with SEARCH/REPLACE "
+             "blocks:\n<<<<<<< SEARCH\nexact lines of the current page\n=======\nthe lines that replace them\n"
+             ">>>>>>> REPLACE",
     # multi-file tasks (Web-Bench): not a choice of revision.format, the only way to change a file set
     "files": "Reply with every file you change or add, each in its own fenced block whose first line names the "
              "language and the path, e.g. ```js index.js. Files you leave out stay as they are.",
@@ -111,21 +115,56 @@ def apply_edits(html: str, edits: list[tuple[str, str]]) -> tuple[str, int]:
     return html, applied
 
 
+_COUNTED = (("headings", "heading"), ("buttons", "button"), ("inputs", "form field"), ("tables", "table"),
+            ("images", "image"), ("svg", "graphic"), ("canvas", "canvas"), ("links", "link"), ("lists", "list"))
+
+
+def render_report(page) -> str:
+    """What the render farm can say of a page without a critic, in plain words (page: a RenderResult, or None when
+    the reply held no page). The same text in training and at inference."""
+    from common.colours import css_rgb, name
+    if page is None:
+        return "Your reply held no ```html block, so nothing was rendered."
+    if not page.valid:
+        return f"The page did not render ({page.reason}): {page.detail or 'no detail'}."
+    errors = page.console_errors + page.page_errors
+    lines = ["The page rendered."]
+    lines += [f"{len(errors)} error(s) in the browser console:"] + [f"- {e[:200]}" for e in errors[:3]] if errors \
+        else ["No errors in the browser console."]
+    dom = page.dom or {}
+    text = dom.get("text", "").strip()
+    words = len(text.split())
+    lines.append(f"It shows {words} words of text, beginning: \"{text[:100]}\"." if words else "It shows no text.")
+    counts = dom.get("counts", {})
+    shown = [f"{counts[k]} {what}{'s' if counts[k] != 1 else ''}" for k, what in _COUNTED if counts.get(k)]
+    lines.append("Visible elements: " + (", ".join(shown) if shown else "none besides text") + ".")
+    colours = dom.get("colors", {})
+    areas = [c for c in colours.get("components", []) if css_rgb(c.get("bg"))][:3]
+    bg = css_rgb(colours.get("body_bg"))
+    lines.append((f"The background is {name(bg)}" if bg else "The background is the browser's default")
+                 + ("; the largest coloured areas: " + ", ".join(f"{name(css_rgb(c['bg']))} ({c['tag']})" for c in areas)
+                    if areas else "") + ".")
+    if page.blank_fraction:
+        lines.append(f"Content covers {page.blank_fraction[0]:.0%} of the first screen"
+                     + ("; it changes between the screenshots." if len(set(page.screenshots)) > 1 else "."))
+    return "\n".join(lines)
+
+
 def critic_report(score: float, feedback: str) -> str:
-    """The critic's verdict as the policy reads it."""
-    return f"Score: {score:g}/100.\n{feedback}"
+    """The critic's verdict as the policy reads it (training, and inference with a critic in the loop)."""
+    return f"A reviewer scored it {score:g}/100: {feedback}"
 
 
-def revision_message(report: str, fmt: str) -> str:
-    """What the policy reads before every revision, in training and at inference: a report (the critic's, or the
-    render farm's when there is no critic) and the request in the run's revision format."""
-    return f"{report}\n{ASK[fmt]}"
+def revision_message(report: str, fmt: str, critic: str | None = None) -> str:
+    """What the policy reads before every revision: the render report, the critic's verdict when there is one (in
+    training), and the request in the run's revision format."""
+    return "\n".join([report, *([critic] if critic else []), ASK[fmt]])
 
 
-def revise(html: str | None, text: str, finished: bool, keep_truncated: bool) -> tuple[str | None, str]:
-    """The page a reply asks for, and how: (edits applied to html, "k/n edits applied"), (a whole page, "page"), or
-    (None, why: edits_not_found, no_change, truncated). keep_truncated=False: a page cut off by the token budget never
-    replaces a whole one (without a critic nothing would see what it lost)."""
+def revise(html: str | None, text: str, finished: bool) -> tuple[str | None, str]:
+    """The page a reply asks for, and how: (edits applied to html, "k/n edits applied"), (a whole page, "page" or
+    "truncated page" when the token budget cut it off), or (None, why: edits_not_found, no_change). A cut-off page is
+    judged like any other, in training and at inference alike: the acceptance rule sees what it lost."""
     edits = parse_edits(text)
     if edits and html is not None:
         new, applied = apply_edits(html, edits)
@@ -133,6 +172,4 @@ def revise(html: str | None, text: str, finished: bool, keep_truncated: bool) ->
     page = extract_html(text)
     if page is None:
         return None, "no_change"
-    if not finished and html is not None and not keep_truncated:
-        return None, "truncated"
-    return page, "page"
+    return page, "page" if finished else "truncated page"

@@ -11,6 +11,7 @@ the chat template's own delta, appended after the generated ids) carry 0. Reject
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -20,8 +21,8 @@ from .config import RolloutConfig
 from .engine import Completion, ContextFull, Sampling
 from render_farm.result import RenderRequest
 
-from .revision import (ASK, RevisionConfig, critic_report, entry_page, extract_files, extract_html, revise,
-                       revision_message)
+from .revision import (ASK, RevisionConfig, critic_report, entry_page, extract_files, extract_html, render_report,
+                       revise, revision_message)
 from .reward import RewardConfig, edits_format_score, format_score, judged_score, reward
 
 
@@ -72,9 +73,34 @@ class Trajectory:
 
 
 def accept_revision(candidate: float | None, best: float) -> bool:
-    """Forced Optimization: a revision survives only if its score strictly beats the best so far.
-    An unscorable revision (None) never does."""
+    """Forced Optimization (training, and inference with a critic): a revision survives only if its score strictly
+    beats the best so far. An unscorable revision (None) never does."""
     return candidate is not None and candidate > best
+
+
+# element kinds a task can name -> the render farm's counts that show them (accept_self_edit keeps them)
+_NAMED = {r"form|field|input|search|login|sign.?up|regist|book|contact": ("inputs",), r"button|click|submit": ("buttons",),
+          r"table|schedule": ("tables",), r"chart|graph|plot": ("svg", "canvas"), r"image|photo|gallery|picture": ("images", "svg"),
+          r"nav|menu|link|footer": ("links",)}
+
+
+def accept_self_edit(new, old, task: str) -> bool:
+    """Critic-free acceptance (inference): a revision is kept only if the render farm's own signals do not get worse,
+    so it can never empty a page. new, old: RenderResults (old None: the first reply held no page). It must render
+    (an invalid page is only ever replaced), raise no more console errors, keep >= 90 % of the visible text and of
+    the visible elements, and keep every element the task names (its inputs, buttons, tables, charts, images, links)."""
+    if new is None or not new.valid:
+        return False
+    if old is None or not old.valid:
+        return True
+    if len(new.console_errors + new.page_errors) > len(old.console_errors + old.page_errors):
+        return False
+    nd, od = new.dom or {}, old.dom or {}
+    nc, oc = nd.get("counts", {}), od.get("counts", {})
+    if nd.get("text_chars", 0) < 0.9 * od.get("text_chars", 0) or nc.get("elements", 0) < 0.9 * oc.get("elements", 0):
+        return False
+    named = {k for pattern, kinds in _NAMED.items() if re.search(pattern, task.lower()) for k in kinds}
+    return all(nc.get(k, 0) >= oc.get(k, 0) for k in named)
 
 
 class Conversation:
@@ -241,8 +267,9 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
         if best is None:  # unscorable: no feedback to revise from
             break
         kind = "files" if site else "page" if best_html is None else revision.format  # nothing to edit: a page
+        # the render report (what inference sees too), then the critic's verdict (training only)
         delta = conv.feedback_ids(task["prompt"], last, revision_message(
-            critic_report(best, best_attempt.feedback), kind))
+            render_report(best_page), kind, critic_report(best, best_attempt.feedback) if best_attempt.valid else None))
         context, left, accepted = traj.token_ids + delta, cfg.max_resamples if cfg.forced_optimization else 1, None
         while left and accepted is None:  # resamples drawn `resamples_at_once` at a time, judged in draw order
             t = time.perf_counter()
@@ -256,7 +283,7 @@ async def run_trajectory(task: dict, group_id: int, first: Completion, prompt_id
             away(bool(left) or turn + 1 < cfg.max_turns)  # judging now; may ask again (a resample, a next turn)
             for candidate in drawn:  # every one drawn is judged and recorded; the first that improves is kept
                 new, note = (site_of(task, candidate.text, best_html), "files") if site else \
-                    revise(best_html, candidate.text, candidate.finished, keep_truncated=True)
+                    revise(best_html, candidate.text, candidate.finished)
                 attempt, page, html = await judge(candidate, turn, new, "edits" if "edits" in note else
                                                   "files" if site else "page", note, best_html)
                 traj.attempts.append(attempt)

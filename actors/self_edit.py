@@ -1,12 +1,12 @@
 """Inference: ReLook's critic-free self-edit cycle, and the critic-driven variant with Forced Optimization.
 
-After the first page the model re-reads its own code together with what the render farm can say without a critic
-(the invalid reason, console and page errors, a page without text) and answers in the run's revision format
-(`revision.format`, revision.py: the same request and the same format the policy practised in training) or with NO
-CHANGES. Edits are short replies, so three rounds stay close to one-shot latency. The cycle stops early
-when a round changes nothing or the rendered page is unchanged; a revision that renders worse is not kept.
-With a critic, its score and feedback drive the rounds and only strictly improving revisions are kept (the training
-loop's rule). The conversation grows by kept rounds only, so each round's context extends the previous one: vLLM's
+After the first page the model re-reads its own code together with the render report (revision.render_report: what
+the render farm saw, in plain words: the context the policy trained in, less the critic's verdict) and answers in
+the run's revision format (`revision.format`). Without a critic a revision is kept only if the render farm's own
+signals do not get worse (rollout.accept_self_edit: it renders, no more errors, no less visible text or elements, every
+element the task names kept), so a round can never empty a page. The cycle stops early when a round changes nothing
+or the rendered page is unchanged. With a critic, its score and feedback drive the rounds and only strictly
+improving revisions are kept (Forced Optimization, the training loop's rule). The conversation grows by kept rounds only, so each round's context extends the previous one: vLLM's
 prefix cache reuses it, the HF engine re-reads it (on CPU a small cost next to decoding).
 """
 from __future__ import annotations
@@ -19,28 +19,8 @@ from render_farm.result import RenderResult
 
 from .config import SelfEditConfig
 from .engine import Sampling
-from .revision import RevisionConfig, critic_report, extract_html, revise, revision_message
-from .rollout import Conversation, accept_revision
-
-
-def farm_report(page: RenderResult | None) -> str:
-    """What the render farm can tell the model without a critic."""
-    if page is None:
-        return "No ```html code block was found in your reply."
-    if not page.valid:
-        return f"The page did not render: {page.reason} ({page.detail})."
-    errors = page.console_errors + page.page_errors
-    lines = ["The page rendered."]
-    lines += [f"{len(errors)} error(s) in the browser console:"] + [f"- {e[:200]}" for e in errors[:5]] if errors \
-        else ["No errors in the browser console."]
-    if not page.dom.get("text", "").strip():
-        lines.append("The page shows no text.")
-    return "\n".join(lines)
-
-
-def farm_rank(page: RenderResult | None) -> tuple:
-    """Critic-free order of renders: valid beats invalid, then fewer errors. A revision is kept unless it ranks lower."""
-    return (page is not None and page.valid, -len(page.console_errors + page.page_errors) if page else 0)
+from .revision import RevisionConfig, critic_report, extract_html, render_report, revise, revision_message
+from .rollout import Conversation, accept_revision, accept_self_edit
 
 
 @dataclass
@@ -58,12 +38,14 @@ class EditResult:
     history: list[dict] = field(default_factory=list)  # one row per reply
     reply: str = ""  # the model's reply that holds the kept page (the first reply when none held a page)
     round_scores: list = field(default_factory=list)  # with self_edit.score_rounds: the judge's score of the page kept after round 0, 1, ...
+    one_shot_s: float = 0.0  # wall time to the first page, generated and rendered (what one-shot decoding costs)
+    first_html: str | None = None  # the first page (round 0), for judging one-shot against self-edit
 
     def to_json(self) -> dict:
         return {"valid": bool(self.page and self.page.valid), "reason": "no_html" if self.page is None else self.page.reason, "score": self.score,
                 "rounds": self.rounds, "stop": self.stop, "tokens": self.tokens, "latency_s": round(self.latency_s, 3),
                 "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()}, "history": self.history,
-                "round_scores": self.round_scores}
+                "round_scores": self.round_scores, "one_shot_s": round(self.one_shot_s, 3)}
 
 
 async def score_rounds(kept: list[tuple], rounds: int, judge, final: Critique) -> list[float | None]:
@@ -87,7 +69,7 @@ async def _timed(res: "EditResult", stage: str, coro):
 def _finish(res: "EditResult", html, page, reply: str, verdict) -> "EditResult":
     res.html, res.page, res.reply = html, page, reply
     res.score = verdict.score if verdict is not None else None
-    res.feedback = verdict.feedback if verdict is not None else farm_report(page)
+    res.feedback = verdict.feedback if verdict is not None else render_report(page)
     return res
 
 
@@ -103,7 +85,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
 
     async def judge(html: str | None, page: RenderResult | None, reply: str = "") -> Critique:
         if page is None or not page.valid:  # strict zero for an invalid render, no critic call
-            return Critique(0.0, farm_report(page), backend="render")
+            return Critique(0.0, render_report(page), backend="render")
         # a judge that reads the whole answer (ArtifactsBench) gets the reply when it is the page, else the page
         answer = reply if reply and extract_html(reply) == html else ""
         return await _timed(res, "critic", critique(CritiqueRequest(
@@ -117,6 +99,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
     context = context + last.token_ids
     html = extract_html(last.text)
     page = await _timed(res, "render", render(html)) if html is not None else None
+    res.one_shot_s, res.first_html = time.perf_counter() - t_start, html
     verdict = await judge(html, page, last.text) if in_loop else None
     res.tokens = len(last.token_ids)
     res.history.append({"round": 0, "kind": "page", "accepted": True, "tokens": len(last.token_ids),
@@ -128,14 +111,15 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 res.stop = "unscorable"  # no feedback to revise from
                 break
             whole = html is None or revision.format == "page"
-            report = critic_report(verdict.score, verdict.feedback) if in_loop else farm_report(page)
-            delta = conv.feedback_ids(task["prompt"], last, revision_message(report, "page" if whole else "edits"))
+            verdict_text = critic_report(verdict.score, verdict.feedback) if in_loop and page and page.valid else None
+            delta = conv.feedback_ids(task["prompt"], last, revision_message(render_report(page), "page" if whole
+                                                                             else "edits", verdict_text))
             sampling = page_sampling if whole else edit_sampling
             (reply,) = await _timed(res, "generate", generate(context + delta, sampling, 1))
             res.rounds, res.tokens = rnd, res.tokens + len(reply.token_ids)
             row = {"round": rnd, "kind": "page" if whole else "edits", "accepted": False, "tokens": len(reply.token_ids)}
             res.history.append(row)
-            new, row["note"] = revise(html, reply.text, reply.finished, keep_truncated=in_loop)
+            new, row["note"] = revise(html, reply.text, reply.finished)
             if new is None or new == html:
                 res.stop = row["note"] if new is None else "no_change"
                 if cfg.early_stop:
@@ -143,7 +127,8 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 continue
             new_page = await _timed(res, "render", render(new))
             row["valid"] = new_page.valid
-            if page is not None and new_page.screenshots == page.screenshots and farm_rank(new_page) == farm_rank(page):
+            if page is not None and new_page.screenshots == page.screenshots and new_page.reason == page.reason and \
+                    len(new_page.console_errors + new_page.page_errors) == len(page.console_errors + page.page_errors):
                 res.stop = "page_unchanged"
                 if cfg.early_stop:
                     break
@@ -153,7 +138,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 row["score"] = new_verdict.score
                 row["accepted"] = accept_revision(new_verdict.score, verdict.score)
             else:
-                row["accepted"] = farm_rank(new_page) >= farm_rank(page)
+                row["accepted"] = accept_self_edit(new_page, page, task["prompt"])
             if row["accepted"]:
                 res.stop = "rounds"
                 html, page, context, last = new, new_page, context + delta + reply.token_ids, reply

@@ -27,6 +27,9 @@ from html.parser import HTMLParser
 import numpy as np
 from PIL import Image, ImageColor
 
+from common.colours import css_rgb
+from common.colours import name as _name
+
 from .critique import Critique, CritiqueRequest
 
 NAME = "heuristic"
@@ -309,7 +312,8 @@ def _terms(task: str, checklist: list[str], blocks: list[dict]) -> tuple[float |
 def _components(used: list[dict], target, page_bg) -> tuple[float, str | None]:
     """Component colour on the components (elements that hold text or controls), not on empty decorative bands."""
     def near(c):
-        return c is not None and float(_rgb_distance(np.array([_css_rgb(c)]), target)[0]) < 60
+        rgb = css_rgb(c)
+        return rgb is not None and float(_rgb_distance(np.array([rgb]), target)[0]) < 60
     parts = [c for c in used if c.get("content")]
     hits = [c for c in parts if near(c.get("bg")) or near(c.get("border")) or
             (c["tag"] in ("a", "button", "h1", "h2", "h3") and near(c.get("fg")))]
@@ -320,20 +324,6 @@ def _components(used: list[dict], target, page_bg) -> tuple[float, str | None]:
     note = None if earned >= 1 else (f"Few of the page's components (header, buttons, cards, links) are in the "
                                      f"{_name(target)} the task asks for: {len(hits)} of {len(parts)}.")
     return earned, note
-
-
-def _css_rgb(css: str) -> tuple[int, int, int]:
-    nums = re.findall(r"[\d.]+", css)
-    return tuple(int(float(v)) for v in nums[:3]) if len(nums) >= 3 else (0, 0, 0)
-
-
-_NAMES = sorted(n for n in _COLOR_NAMES if not n.endswith("grey"))
-_NAME_RGB = np.array([ImageColor.getrgb(n)[:3] for n in _NAMES], np.int32)  # [K, 3]
-
-
-def _name(rgb) -> str:
-    """The CSS colour name nearest to rgb: feedback in words, not a value to paste."""
-    return _NAMES[int(np.argmin(np.abs(_NAME_RGB - np.array(rgb[:3])).sum(1)))]
 
 
 def critique(req: CritiqueRequest) -> Critique:

@@ -38,12 +38,16 @@ class Sink:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", task["id"])[:80]
         shots = write_page(res, self.out / "pages" / f"{name}.html", self.out / "shots", f"{name}-")
         shots = [str(p.relative_to(self.out)) for p in shots]
+        if res.first_html is not None:  # round 0's page, for one-shot against self-edit
+            (self.out / "pages" / f"{name}-first.html").write_text(res.first_html, encoding="utf-8")
         r = res.to_json()
         row = {"id": task["id"], "category": task.get("category"), "prompt": task["prompt"], "score": r["score"],
                "valid": r["valid"], "reason": r["reason"], "unscorable": r["valid"] and r["score"] is None,
                "rounds": r["rounds"], "stop": r["stop"], "latency_s": r["latency_s"], "tokens": r["tokens"],
                "feedback": res.feedback, "page": f"pages/{name}.html", "screenshots": shots, "history": r["history"],
-               "round_scores": r["round_scores"]}
+               "round_scores": r["round_scores"], "one_shot_s": r["one_shot_s"],
+               "checklist": list(task.get("checklist") or []),
+               "first_page": f"pages/{name}-first.html" if res.first_html is not None else None}
         with open(self.out / "results.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.bar is not None:
@@ -110,7 +114,41 @@ def summarize(rows: list[dict], cfg: EvalConfig) -> dict:
             "per_category": {c: {"tasks": len(v), "mean_score": mean(v)} for c, v in sorted(cats.items())},
             "data": cfg.data.source, "model": cfg.model.name, "engine": cfg.engine.kind, "critic": cfg.critic.backend,
             "self_edit_rounds": cfg.self_edit.rounds, "revision_format": cfg.revision.format,
-            "critic_in_loop": cfg.self_edit.use_critic and cfg.critic.backend != "none"}
+            "critic_in_loop": cfg.self_edit.use_critic and cfg.critic.backend != "none", **self_edit_figures(rows)}
+
+
+def self_edit_figures(rows: list[dict]) -> dict:
+    """The self-edit cycle, round by round (with self_edit.score_rounds): the share of pages changed by an accepted
+    revision so far, the share with a revision accepted in that round, and the judge's mean score of the kept page
+    (invalid 0); and the cycle's latency against one-shot decoding (medians of latency_s / one_shot_s)."""
+    import statistics
+    rounds = max((len(r.get("round_scores") or []) for r in rows), default=0)
+    if not rows or not rounds:
+        return {}
+    n = len(rows)
+    accepted = lambda r, k: any(h["round"] == k and h["accepted"] for h in r["history"])  # noqa: E731
+    table = [{"round": k, "changed": round(sum(any(accepted(r, j) for j in range(1, k + 1)) for r in rows) / n, 3),
+              "accepted": round(sum(accepted(r, k) for r in rows) / n, 3) if k else None,
+              "score": round(sum((r["round_scores"][k] if k < len(r["round_scores"]) else 0) or 0 for r in rows) / n, 2)}
+             for k in range(rounds)]
+    firsts = [r["one_shot_s"] for r in rows if r.get("one_shot_s")]
+    ratio = round(statistics.median(r["latency_s"] for r in rows) / statistics.median(firsts), 3) if firsts else None
+    return {"per_round": table, "latency_vs_one_shot": ratio}
+
+
+def independent_figures(rows: list[dict], out: Path) -> dict:
+    """The independent judge (critic_service/probes.py) on each task's one-shot and final page: mean scores 0..100."""
+    from critic_service.probes import judge_all
+    read = lambda rel: (out / rel).read_text(encoding="utf-8") if rel and (out / rel).is_file() else None  # noqa: E731
+    firsts = asyncio.run(judge_all([(r["prompt"], r.get("checklist", []),
+                                     read(r.get("first_page")) if r["history"][0].get("valid") else None) for r in rows]))
+    finals = asyncio.run(judge_all([(r["prompt"], r.get("checklist", []), read(r["page"]) if r["valid"] else None)
+                                    for r in rows]))
+    mean = lambda vs: round(sum(v["score"] for v in vs) / max(len(vs), 1), 2)  # noqa: E731
+    return {"independent_one_shot": mean(firsts), "independent_self_edit": mean(finals)}
+
+
+
 
 
 def report(rows: list[dict], summary: dict) -> str:
@@ -187,6 +225,8 @@ def main(dcfg: DictConfig) -> None:
     ids = {t["id"] for t in tasks}
     rows = [r for r in done_rows(out / "results.jsonl") if r["id"] in ids]
     summary = summarize(rows, cfg)
+    if cfg.independent:
+        summary.update(independent_figures(rows, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.html").write_text(report(rows, summary), encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_category"}), flush=True)

@@ -55,6 +55,7 @@ async def generate(cfg: GenerateConfig, bench: bool) -> dict:
                 edit.append(res.latency_s)
                 rows.append({"base_s": round(base[-1], 3), "base_tokens": len(plain.token_ids),
                              "self_edit_s": round(res.latency_s, 3), "tokens": res.tokens, "rounds": res.rounds,
+                             "accepted_rounds": sum(h["accepted"] for h in res.history[1:]),
                              "stop": res.stop, "timings_s": {k: round(v, 3) for k, v in res.timings_s.items()}})
             report = {"bench": {"base_latency_s": round(statistics.median(base), 3),
                                 "self_edit_latency_s": round(statistics.median(edit), 3),

@@ -49,6 +49,7 @@ class EvalConfig:
     spec_workers: int = 0  # Web-Bench: the official runner's test workers (the projects' MAX_TEST_WORKERS; 0 = their default, half the CPUs); a failing spec mostly waits out its timeout, so more finish sooner
     seed: int = 0  # sampling seed
     progress: bool = True  # a progress bar
+    independent: bool = False  # also judge each task's one-shot and final page by executable checks (critic_service/probes.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)

@@ -282,13 +282,16 @@ class Trainer:
         t = self.cfg.trainer
         overrides = {**({"max_turns": t.eval_max_turns} if t.eval_max_turns else {}),
                      "temperature": self.cfg.resolved_eval_temperature()}
-        trajs = self.rollout(self.heldout, t.seed * 1_000_003 - 1, overrides=overrides)
+        # the learning check's before and after also sample the independent tasks, in the same engine calls
+        other = self.independent if name in ("heldout-baseline", "heldout-final") else []
+        trajs = self.rollout(self.heldout + other, t.seed * 1_000_003 - 1, overrides=overrides)
+        ids = {task["id"] for task in other}
+        trajs, others = [x for x in trajs if x.task_id not in ids], [x for x in trajs if x.task_id in ids]
         self.files.write_samples(name, trajs)
         held = quality(trajs)
-        if self.independent and name in ("heldout-baseline", "heldout-final"):  # the judge never trained against
-            trajs = self.rollout(self.independent, t.seed * 1_000_003 - 2, overrides=overrides)
-            held["independent"] = independent.judge(self.independent, trajs)
-            self.files.write_samples(name.replace("heldout", "independent"), trajs)
+        if other:  # judged by executable checks the policy never trained against
+            held["independent"] = independent.judge(other, others)
+            self.files.write_samples(name.replace("heldout", "independent"), others)
         return held
 
     def save(self, step: int, wait: bool = True) -> None:

@@ -74,7 +74,7 @@ def _teach(path: pathlib.Path) -> None:
     done = Completion(target, [0.0] * len(target), PAGE, True)
     ctx = first
     for score in (50, 55, 61.5):  # the revision contexts, turn after turn
-        fb = revision_message(critic_report(score, f"feedback after {score:g}"), "page")
+        fb = revision_message("The page rendered.", "page", critic_report(score, f"feedback after {score:g}"))
         ctx = ctx + target + conv.feedback_ids(TASK["prompt"], done, fb)
         contexts.append(ctx)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -6,8 +6,8 @@ import pytest
 from actors.config import RolloutConfig, SelfEditConfig
 from actors.engine import Completion
 from actors.revision import ASK, RevisionConfig, apply_edits, parse_edits, revise
-from actors.rollout import Conversation, run_trajectory
-from actors.self_edit import farm_rank, self_edit
+from actors.rollout import Conversation, accept_self_edit, run_trajectory
+from actors.self_edit import self_edit
 from critic_service.critique import Critique
 from common.models import load_tokenizer
 from render_farm.renderer import Renderer
@@ -37,15 +37,14 @@ def test_parse_and_apply_edits():
 
 
 def test_revise_rules():
-    assert revise(BROKEN, edit("undefinedFunction();", "console.log('ok');"), True, False) == (FIXED, "1/1 edits applied")
-    assert revise(BROKEN, edit("missing", "x"), True, False) == (None, "edits_not_found")
-    assert revise(BROKEN, "NO CHANGES", True, False) == (None, "no_change")
+    assert revise(BROKEN, edit("undefinedFunction();", "console.log('ok');"), True) == (FIXED, "1/1 edits applied")
+    assert revise(BROKEN, edit("missing", "x"), True) == (None, "edits_not_found")
+    assert revise(BROKEN, "NO CHANGES", True) == (None, "no_change")
     page = "```html\n<html><body>new</body></html>\n```"
-    assert revise(BROKEN, page, True, False)[0] == "<html><body>new</body></html>"
-    # Without a critic a cut-off page never replaces a whole one; with one, the critic judges it.
-    assert revise(BROKEN, "```html\n<html><body>cut", False, keep_truncated=False) == (None, "truncated")
-    assert revise(BROKEN, "```html\n<html><body>cut", False, keep_truncated=True)[0] == "<html><body>cut"
-    assert revise(None, "```html\n<html><body>cut", False, False)[0] is not None  # but beats having no page
+    assert revise(BROKEN, page, True)[0] == "<html><body>new</body></html>"
+    # a page cut off by the token budget is a page, judged like any other, in training and at inference alike
+    assert revise(BROKEN, "```html\n<html><body>cut", False) == ("<html><body>cut", "truncated page")
+    assert revise(None, "```html\n<html><body>cut", False)[0] is not None
 
 
 class ScriptedPolicy:
@@ -67,14 +66,14 @@ def tok():
     return load_tokenizer("tiny")
 
 
-def cycle(tok, replies, critic=None, **kw):
+def cycle(tok, replies, critic=None, revision=None, **kw):
     cfg = SelfEditConfig(**{"rounds": 3, "max_new_tokens": 300, **kw})
     policy = ScriptedPolicy(tok, replies)
 
     async def go():
         async with Renderer() as r:
             return await self_edit(TASK, Conversation(tok, cfg.system_prompt, cfg.feedback_role), policy, r.render,
-                                   cfg, critic, RevisionConfig(format="edits", edit_max_new_tokens=40))
+                                   cfg, critic, revision or RevisionConfig(format="edits", edit_max_new_tokens=40))
     return run(go()), policy
 
 
@@ -165,7 +164,58 @@ def test_score_rounds_gives_the_judges_curve_over_rounds(tok):
     assert res.round_scores == [40.0, 70.0, 70.0, 70.0] and res.score == 70.0 and res.stop == "no_change"
 
 
-def test_farm_rank_orders_invalid_below_errors_below_clean():
+def test_critic_free_acceptance_can_never_empty_a_page():
+    """accept_self_edit: only a revision whose render-farm signals do not get worse is kept."""
     from render_farm.result import RenderResult
-    clean, noisy, bad = RenderResult(True, None), RenderResult(True, None, page_errors=["x"]), RenderResult(False, "blank")
-    assert farm_rank(clean) > farm_rank(noisy) > farm_rank(bad) == farm_rank(None)
+
+    def page(chars=400, elements=20, inputs=2, errors=0, valid=True):
+        return RenderResult(valid, None if valid else "blank", page_errors=["x"] * errors,
+                            dom={"text_chars": chars, "counts": {"elements": elements, "inputs": inputs, "buttons": 1}})
+    old, task = page(), "A bakery page with an order form."
+    assert accept_self_edit(page(chars=450, elements=24), old, task)  # more of the page: kept
+    assert accept_self_edit(page(), old, task)  # as much: kept (the cycle drops a page that renders the same)
+    assert not accept_self_edit(page(chars=0, elements=1, inputs=0), old, task)  # emptied
+    assert not accept_self_edit(page(chars=300), old, task)  # a quarter of its text gone
+    assert not accept_self_edit(page(inputs=1), old, task)  # the form the task names lost a field
+    assert accept_self_edit(page(inputs=1), old, "A bakery page.")  # ... which a task without a form does not name
+    assert not accept_self_edit(page(errors=1), old, task) and not accept_self_edit(page(valid=False), old, task)
+    assert accept_self_edit(page(chars=10), page(valid=False), task) and accept_self_edit(page(), None, task)
+    assert not accept_self_edit(None, old, task)
+
+
+def test_inference_reads_the_training_context_without_the_critic(tok):
+    """One revision context: the message a critic-free self-edit round reads is the training loop's, less the
+    critic's verdict (the render report is what both see)."""
+    first_text = f"```html\n{FIXED}\n```"
+    cfg = RolloutConfig(group_size=1, max_turns=2, max_resamples=1, temperature=0.0)
+    conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
+    policy = ScriptedPolicy(tok, [f"```html\n{FIXED}\n```"])
+    prompt = conv.prompt_ids(TASK["prompt"])
+    first_ids = tok(first_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    first = Completion(first_ids, [0.0] * len(first_ids), first_text, True)
+
+    async def train():
+        async with Renderer() as r:
+            return await run_trajectory(TASK, 0, first, prompt, conv, policy, r.render, ScriptedCritic([40, 55]),
+                                        cfg, RevisionConfig(format="page"))
+    run(train())
+    in_training = tok.decode(policy.contexts[0][len(prompt) + len(first_ids):])
+    _, inference = cycle(tok, [first_text, "NO CHANGES"], revision=RevisionConfig(format="page"))
+    at_inference = tok.decode(inference.contexts[1][len(prompt) + len(first_ids):])
+    verdict = "A reviewer scored it 40/100: feedback after 40\n"
+    assert verdict in in_training and in_training.replace(verdict, "") == at_inference, (in_training, at_inference)
+    assert "The page rendered." in at_inference and "words of text" in at_inference and "<|im_start|>user" in at_inference
+
+
+def test_the_per_round_table_counts_changed_accepted_and_scores():
+    from launch.evaluate import self_edit_figures
+    rows = [{"round_scores": [10, 30, 30, 40], "latency_s": 6.0, "one_shot_s": 2.0,
+             "history": [{"round": 0, "accepted": True}, {"round": 1, "accepted": True}, {"round": 2, "accepted": False},
+                         {"round": 3, "accepted": True}]},
+            {"round_scores": [20, 20, 20, 20], "latency_s": 4.0, "one_shot_s": 2.0,
+             "history": [{"round": 0, "accepted": True}, {"round": 1, "accepted": False}]}]
+    got = self_edit_figures(rows)
+    assert [r["changed"] for r in got["per_round"]] == [0.0, 0.5, 0.5, 0.5]
+    assert [r["accepted"] for r in got["per_round"]] == [None, 0.5, 0.0, 0.5]
+    assert [r["score"] for r in got["per_round"]] == [15.0, 25.0, 25.0, 30.0]
+    assert got["latency_vs_one_shot"] == 2.5 and self_edit_figures([]) == {}
