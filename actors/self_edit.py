@@ -66,6 +66,12 @@ async def _timed(res: "EditResult", stage: str, coro):
     return out
 
 
+def _renders_the_same(new: RenderResult, old: RenderResult | None) -> bool:
+    """The same pixels, the same verdict and as many errors: the revision changed nothing a person or the farm sees."""
+    return old is not None and new.screenshots == old.screenshots and new.reason == old.reason and \
+        len(new.console_errors + new.page_errors) == len(old.console_errors + old.page_errors)
+
+
 def _finish(res: "EditResult", html, page, reply: str, verdict) -> "EditResult":
     res.html, res.page, res.reply = html, page, reply
     res.score = verdict.score if verdict is not None else None
@@ -79,9 +85,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
     render(html) -> RenderResult; critique(CritiqueRequest) -> Critique, or None. With cfg.use_critic the critique
     drives the rounds; otherwise it only scores the kept page at the end (a judge, as in evaluation)."""
     revision = revision or RevisionConfig()
-    res = EditResult(None, None)
-    in_loop = critique is not None and cfg.use_critic
-    t_start = time.perf_counter()
+    res, in_loop, t_start = EditResult(None, None), critique is not None and cfg.use_critic, time.perf_counter()
 
     async def judge(html: str | None, page: RenderResult | None, reply: str = "") -> Critique:
         if page is None or not page.valid:  # strict zero for an invalid render, no critic call
@@ -112,8 +116,8 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 break
             whole = html is None or revision.format == "page"
             verdict_text = critic_report(verdict.score, verdict.feedback) if in_loop and page and page.valid else None
-            delta = conv.feedback_ids(task["prompt"], last, revision_message(render_report(page), "page" if whole
-                                                                             else "edits", verdict_text))
+            message = revision_message(render_report(page), "page" if whole else "edits", verdict_text)
+            delta = conv.feedback_ids(task["prompt"], last, message)
             sampling = page_sampling if whole else edit_sampling
             (reply,) = await _timed(res, "generate", generate(context + delta, sampling, 1))
             res.rounds, res.tokens = rnd, res.tokens + len(reply.token_ids)
@@ -127,8 +131,7 @@ async def self_edit(task: dict, conv: Conversation, generate, render, cfg: SelfE
                 continue
             new_page = await _timed(res, "render", render(new))
             row["valid"] = new_page.valid
-            if page is not None and new_page.screenshots == page.screenshots and new_page.reason == page.reason and \
-                    len(new_page.console_errors + new_page.page_errors) == len(page.console_errors + page.page_errors):
+            if _renders_the_same(new_page, page):
                 res.stop = "page_unchanged"
                 if cfg.early_stop:
                     break

@@ -98,7 +98,7 @@ _MEASURE_JS = """(target) => {
 def wanted_probes(task: str, checklist: list[str]) -> list[str]:
     """The probes a task implies: one per kind its text or checklist asks for, plus the page's subject (always) and
     its colours (when the task names them)."""
-    from .heuristic import task_colors  # what the task asks for, parsed; the judging below is this module's own
+    from .task_text import task_colors  # what the task asks for, parsed; the judging below is this module's own
     text = (task + " " + " ".join(checklist)).lower()
     probes = ["subject"] + [k for k, pattern in ITEMS.items() if re.search(pattern, text)]
     colours = task_colors(task + " " + " ".join(checklist))
@@ -150,7 +150,7 @@ class ProbeJudge:
                 "seconds": round(time.perf_counter() - t0, 3)}
 
     async def _probe(self, page, task: str, checklist: list[str], html: str, probes: list[str]) -> dict[str, int]:
-        from .heuristic import task_colors
+        from .task_text import task_colors
         colours = task_colors(task + " " + " ".join(checklist))
         out: dict[str, int] = {}
         await page.set_content(html, wait_until="load", timeout=self.timeout_s * 1000)

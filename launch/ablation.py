@@ -13,7 +13,8 @@ is what every arm produces the same way, so the curves compare). Then every arm'
 self-edit cycle (3 rounds, every round run) on the held-out tasks and, given `trainer.ablation_webgen` (the file
 is not bundled: data/README.md), on WebGen-Bench instructions, and the critic
 judges the page kept after each round: round 0 is one-shot, round 3 the self-edited page; a score that falls over
-the rounds is the paper's "behavioural collapse". Writes <output_dir>/ablation.json, ablation.md, ablation.png.
+the rounds is the paper's "behavioural collapse". Beside it: the share of pages a revision changed, and the
+independent judge (executable checks, critic_service/probes.py) on the one-shot and the self-edited page. Writes <output_dir>/ablation.json, ablation.md, ablation.png.
 Resumable: an arm that finished (its <arm>/arm.json) is not run again.
 """
 from __future__ import annotations
@@ -69,6 +70,18 @@ def per_round(rows: list[dict]) -> list[float]:
     return [round(sum((r["round_scores"][k] or 0.0) for r in rows) / max(len(rows), 1), 2) for k in range(ROUNDS + 1)]
 
 
+def judged(cfg: TrainConfig, model: str, tasks: list[dict], out: Path, s: str) -> dict:
+    """One arm on one task set: the critic's score after each self-edit round, the share of pages a revision changed,
+    and the independent judge's score of the one-shot and the self-edited page."""
+    from launch.evaluate import independent_figures, self_edit_figures
+    rows = evaluate_policy(cfg, model, tasks, out)
+    scores, cycle, other = per_round(rows), self_edit_figures(rows), independent_figures(rows, out)
+    return {f"{s}_one_shot": scores[0], f"{s}_self_edit": scores[-1], f"{s}_per_round": scores,
+            f"{s}_changed": cycle["per_round"][-1]["changed"], f"{s}_latency_vs_one_shot": cycle["latency_vs_one_shot"],
+            f"{s}_independent_one_shot": other["independent_one_shot"],
+            f"{s}_independent_self_edit": other["independent_self_edit"]}
+
+
 def run(cfg: TrainConfig) -> dict:
     from launch.tasks import load
     from launch.trainer import train
@@ -98,11 +111,10 @@ def run(cfg: TrainConfig) -> dict:
                 curve.append((rows[-1]["step"], check["final_first_reward"]))
             steps, tokens = rows[-1]["step"], sum(r["generated_tokens"] for r in rows)
             model = final_policy(out)
-        evals = {s: per_round(evaluate_policy(cfg, model, tasks, out / f"eval-{s}")) for s, tasks in sets.items()}
-        table[name] = {"steps": steps, "generated_tokens": tokens, "heldout_curve": curve,
-                       **{f"{s}_one_shot": v[0] for s, v in evals.items()},
-                       **{f"{s}_self_edit": v[-1] for s, v in evals.items()},
-                       **{f"{s}_per_round": v for s, v in evals.items()}, "minutes": round((time.time() - t0) / 60, 1)}
+        table[name] = {"steps": steps, "generated_tokens": tokens, "heldout_curve": curve}
+        for s, tasks in sets.items():
+            table[name].update(judged(cfg, model, tasks, out / f"eval-{s}", s))
+        table[name]["minutes"] = round((time.time() - t0) / 60, 1)
         out.mkdir(parents=True, exist_ok=True)
         (out / "arm.json").write_text(json.dumps(table[name]))
         print(json.dumps({"arm": name, **table[name]}), flush=True)
@@ -118,16 +130,28 @@ def run(cfg: TrainConfig) -> dict:
 def markdown(result: dict) -> str:
     sets = list(result["tasks"])  # heldout, and webgen when given
     label = {"heldout": "held-out", "webgen": "WebGen"}
-    head = [f"{label[s]} {k}" for s in sets for k in ("one-shot", "self-edit (3)", "per round")]
+    head = [f"{label[s]} {k}" for s in sets for k in ("one-shot", "self-edit (3)", "per round", "changed",
+                                                      "independent one-shot → self-edit")]
     rows = ["| arm | steps | generated tokens | " + " | ".join(head) + " |", "|---" * (3 + len(head)) + "|"]
     for name, a in result["arms"].items():
         cells = [c for s in sets for c in (f"{a[s + '_one_shot']:.1f}", f"{a[s + '_self_edit']:.1f}",
-                                           " → ".join(f"{x:.1f}" for x in a[s + "_per_round"]))]
+                                           " → ".join(f"{x:.1f}" for x in a[s + "_per_round"]),
+                                           _cell(a, s, "{changed:.0%}"),
+                                           _cell(a, s, "{independent_one_shot:.1f} → {independent_self_edit:.1f}"))]
         rows.append(f"| {name} | {a['steps']} | {a['generated_tokens']} | " + " | ".join(cells) + " |")
     counts = " and ".join(f"{n} {'held-out tasks' if s == 'heldout' else 'WebGen-Bench instructions'}"
                           for s, n in result["tasks"].items())
-    return (f"Scores: the critic's 0-100 (an invalid page 0), mean over {counts}; {result['minutes']} minutes in "
-            f"all.\n\n" + "\n".join(rows) + "\n")
+    return (f"Scores: the critic's 0-100 (an invalid page 0), mean over {counts}; changed: the share of pages a "
+            f"critic-free revision replaced; independent: executable checks (critic_service/probes.py), 0-100; "
+            f"{result['minutes']} minutes in all.\n\n" + "\n".join(rows) + "\n")
+
+
+def _cell(a: dict, s: str, fmt: str) -> str:
+    """A column an arm measured before it existed (an arm.json from an older run) reads n/a."""
+    try:
+        return fmt.format(**{k[len(s) + 1:]: v for k, v in a.items() if k.startswith(s + "_")})
+    except (KeyError, TypeError, ValueError):
+        return "n/a"
 
 
 def plot(table: dict, path: Path) -> None:

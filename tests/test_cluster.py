@@ -197,4 +197,5 @@ def test_ablation_trains_each_arm_and_writes_its_table(tmp_path, taught_model):
         a = result["arms"][name]
         assert a["steps"] == 1 and a["generated_tokens"] > 0 and a["heldout_curve"][0][0] == 0
         assert len(a["webgen_per_round"]) == 4 and len(a["heldout_per_round"]) == 4
+        assert 0 <= a["heldout_changed"] <= 1 and 0 <= a["heldout_independent_self_edit"] <= 100
     assert "| relook_no_fo |" in (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 1000

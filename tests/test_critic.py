@@ -14,7 +14,7 @@ from critic_service.critique import CritiqueRequest
 from critic_service.fake_openai import FakeOpenAI
 from critic_service.heuristic import critique as heuristic_critique
 from critic_service.heuristic import _name as colour_name
-from critic_service.heuristic import task_colors
+from critic_service.task_text import task_colors
 from critic_service.openai_backend import OpenAIBackend, TokenBucket, parse_reply
 from critic_service.service import start
 from render_farm.renderer import Renderer
