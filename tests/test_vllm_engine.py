@@ -128,10 +128,12 @@ def test_cluster_trains_on_vllm_end_to_end_and_resumes(tmp_path, taught_model):
     import sys
 
     from .conftest import ROOT
-    out = tmp_path / "run"  # at T 1: at 0.8 the taught policy's four pages scored alike (no advantage, no update)
+    # at T 1: at 0.8 the taught policy's four pages scored alike (no advantage, no update); 2048 tokens of context:
+    # a revision message (render report + the critic's verdict, ~1400 characters) is ~880 of the tiny model's tokens
+    out = tmp_path / "run"
     args = [sys.executable, "launch/cluster.py", f"model.name={taught_model}", "cluster.address=local",
             "rollout.group_size=4", "data.tasks_per_step=1", "rollout.max_new_tokens=48", "rollout.temperature=1.0",
-            "engine=vllm", "engine.dtype=float32", "engine.max_model_len=1024", "engine.enforce_eager=true",
+            "engine=vllm", "engine.dtype=float32", "engine.max_model_len=2048", "engine.enforce_eager=true",
             "trainer.wandb=disabled", "trainer.progress=false", f"trainer.output_dir={out}"]
     first = subprocess.run([*args, "trainer.max_steps=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
