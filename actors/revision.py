@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from common.checks import check
+from common.colours import css_rgb, name
 
 FORMATS = ("page", "edits")
 ASK = {
@@ -122,7 +123,6 @@ _COUNTED = (("headings", "heading"), ("buttons", "button"), ("inputs", "form fie
 def render_report(page) -> str:
     """What the render farm can say of a page without a critic, in plain words (page: a RenderResult, or None when
     the reply held no page). The same text in training and at inference."""
-    from common.colours import css_rgb, name
     if page is None:
         return "Your reply held no ```html block, so nothing was rendered."
     if not page.valid:

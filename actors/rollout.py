@@ -60,7 +60,7 @@ class Trajectory:
     final_checks: dict = field(default_factory=dict)  # the critic's sub-scores of the final page
     policy_version: int = 0  # the oldest policy version among its accepted turns (what staleness is measured by)
     stopped: str = ""  # "context_full": the conversation outgrew the engine's context, so it ended there
-    timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0})
+    timings_s: dict = field(default_factory=lambda: {"generate": 0.0, "render": 0.0, "critic": 0.0, "render_queue": 0.0})
     finished_at: float = 0.0  # wall-clock time the trajectory finished (time.time())
     final_screenshot: bytes | None = None  # for dashboards; not serialised
 
@@ -198,7 +198,7 @@ class Judge:
         page = await self.render(RenderRequest(html, files={k: v for k, v in files.items() if k != entry})
                                  if files is not None else html)
         traj.timings_s["render"] += time.perf_counter() - t
-        traj.timings_s["render_queue"] = traj.timings_s.get("render_queue", 0.0) + page.timings_ms.get("queue", 0) / 1e3
+        traj.timings_s["render_queue"] += page.timings_ms.get("queue", 0) / 1e3
         if page.unscorable:  # the farm ran out of time before the page opened: not the page's fault, never a zero
             return made(None, False, page.reason, ""), page, None
         if not page.valid:  # scored 0 without asking the critic

@@ -6,8 +6,8 @@ the run's revision format (`revision.format`). Without a critic a revision is ke
 signals do not get worse (rollout.accept_self_edit: it renders, no more errors, no less visible text or elements, every
 element the task names kept), so a round can never empty a page. The cycle stops early when a round changes nothing
 or the rendered page is unchanged. With a critic, its score and feedback drive the rounds and only strictly
-improving revisions are kept (Forced Optimization, the training loop's rule). The conversation grows by kept rounds only, so each round's context extends the previous one: vLLM's
-prefix cache reuses it, the HF engine re-reads it (on CPU a small cost next to decoding).
+improving revisions are kept (Forced Optimization, the training loop's rule). The conversation grows by kept rounds
+only, so each round's context extends the previous one: vLLM's prefix cache reuses it, the HF engine re-reads it (on CPU a small cost next to decoding).
 """
 from __future__ import annotations
 

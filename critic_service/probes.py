@@ -21,6 +21,8 @@ import time
 from render_farm import sandbox
 from render_farm.chromium import find as find_chromium
 
+from .task_text import task_colors
+
 # probe -> what in a task (its text or one checklist item) asks for it
 ITEMS = {
     "form": r"\b(form|log ?in|sign.?up|regist|booking|book a|reserv|contact|subscribe|checkout|enter (your|the)|fill)",
@@ -98,7 +100,6 @@ _MEASURE_JS = """(target) => {
 def wanted_probes(task: str, checklist: list[str]) -> list[str]:
     """The probes a task implies: one per kind its text or checklist asks for, plus the page's subject (always) and
     its colours (when the task names them)."""
-    from .task_text import task_colors  # what the task asks for, parsed; the judging below is this module's own
     text = (task + " " + " ".join(checklist)).lower()
     probes = ["subject"] + [k for k, pattern in ITEMS.items() if re.search(pattern, text)]
     colours = task_colors(task + " " + " ".join(checklist))
@@ -150,7 +151,6 @@ class ProbeJudge:
                 "seconds": round(time.perf_counter() - t0, 3)}
 
     async def _probe(self, page, task: str, checklist: list[str], html: str, probes: list[str]) -> dict[str, int]:
-        from .task_text import task_colors
         colours = task_colors(task + " " + " ".join(checklist))
         out: dict[str, int] = {}
         await page.set_content(html, wait_until="load", timeout=self.timeout_s * 1000)

@@ -14,7 +14,8 @@ self-edit cycle (3 rounds, every round run) on the held-out tasks and, given `tr
 is not bundled: data/README.md), on WebGen-Bench instructions, and the critic
 judges the page kept after each round: round 0 is one-shot, round 3 the self-edited page; a score that falls over
 the rounds is the paper's "behavioural collapse". Beside it: the share of pages a revision changed, and the
-independent judge (executable checks, critic_service/probes.py) on the one-shot and the self-edited page. Writes <output_dir>/ablation.json, ablation.md, ablation.png.
+independent judge (executable checks, critic_service/probes.py) on the one-shot and the self-edited page.
+Writes <output_dir>/ablation.json, ablation.md, ablation.png.
 Resumable: an arm that finished (its <arm>/arm.json) is not run again.
 """
 from __future__ import annotations

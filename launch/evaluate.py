@@ -148,9 +148,6 @@ def independent_figures(rows: list[dict], out: Path) -> dict:
     return {"independent_one_shot": mean(firsts), "independent_self_edit": mean(finals)}
 
 
-
-
-
 def report(rows: list[dict], summary: dict) -> str:
     """A self-contained gallery: one card per task with its screenshots, score, feedback and a link to the page."""
     e = html_lib.escape

@@ -187,7 +187,7 @@ def step_metrics(step: int, trajs: list, learn: dict, rollout_s: float, learn_s:
         "overlap_ratio": rollout_s / max(max(busy.values()), 1e-9),
         "renders_per_s": sum(a.reason != "no_html" for a in attempts) / max(rollout_s, 1e-9),
         # seconds a render waited for a slot and a page (the farm's time, not the page's deadline), per render
-        "render_queue_s": sum(t.timings_s.get("render_queue", 0.0) for t in trajs) / max(
+        "render_queue_s": sum(t.timings_s["render_queue"] for t in trajs) / max(
             sum(a.reason != "no_html" for a in attempts), 1),
         "render_busy": sum(a.reason == "busy" for a in attempts),  # renders the farm could not start in time
         "tokens_per_s": generated / max(rollout_s, 1e-9), "generated_tokens": generated, "trajectories": len(trajs),

@@ -40,8 +40,12 @@
   };
   const pageW = Math.max(doc.scrollWidth, vw), pageH = Math.max(doc.scrollHeight, vh);
   const onPage = (r) => r.width * r.height >= 4 && r.right > 0 && r.bottom + window.scrollY > 0 && r.left < pageW && r.top < pageH;
-  const shown = (el) => el.checkVisibility({ opacityProperty: true, visibilityProperty: true }) &&
-    onPage(el.getBoundingClientRect()) && !clipped(el);
+  const shownOf = new Map();  // element -> shown, measured once: the structure pass asks about the same elements often
+  const shown = (el) => {
+    if (!shownOf.has(el)) shownOf.set(el, el.checkVisibility({ opacityProperty: true, visibilityProperty: true }) &&
+      onPage(el.getBoundingClientRect()) && !clipped(el));
+    return shownOf.get(el);
+  };
   // Visible text: every text node, judged by its own box and its element's colours.
   const parts = [], seenText = [];  // seenText: [element, text] of each visible text node
   let hiddenChars = 0, seen = 0;
@@ -81,7 +85,7 @@
       bg, fg: s.color, border, content, area: Math.round(area * 1e4) / 1e4 });
   }
   components.sort((a, b) => b.area - a.area);
-  const structure = describe(shown, blocksOf(seenText, shown), vw, vh, pageH, transparent, styleOf);
+  const structure = describe(blocksOf(seenText));
   return {
     title: document.title || "",
     text: text.slice(0, maxText),
@@ -101,7 +105,7 @@
   };
 
   // What each kind of element the critic asks for looks like as shown: the best visible instance of each, measured.
-  function describe(shown, blocks, vw, vh, pageH, transparent, styleOf) {
+  function describe(blocks) {  // shown, styleOf, vw, vh, pageH: the summary's own, in scope
     const all = (sel) => Array.from(document.querySelectorAll(sel)).slice(0, 300).filter(shown);
     const box = (el) => { const r = el.getBoundingClientRect(); return { x: r.left, y: r.top + window.scrollY, w: r.width, h: r.height }; };
     const words = (el) => (el.innerText || el.getAttribute("aria-label") || el.value || "").trim();
@@ -195,7 +199,7 @@
 
   // Visible text by what it is: headings, labels (buttons, links, table headers, form labels, placeholders) and copy;
   // one block per element, from the visible text nodes only.
-  function blocksOf(seenText, shown) {
+  function blocksOf(seenText) {
     const by = new Map();
     for (const [el, text] of seenText) by.set(el, (by.get(el) || "") + " " + text);
     const role = (el) => el.closest("h1, h2, h3, h4, h5, h6") ? "heading" :

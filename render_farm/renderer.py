@@ -2,8 +2,8 @@
 
 A render: open a fresh page (its own renderer process) in a recycled browser context, load the HTML with
 set_content, take the screenshots at the scheduled times by advancing the page's virtual clock (page_clock.js; no
-wall-clock waiting), summarise the DOM, decide validity. The page's deadline counts from its page being opened and is raced against the
-page's crash event and the browser's disconnection, so a hostile page costs at most its deadline; the wait for a slot
+wall-clock waiting), summarise the DOM, decide validity. The page's deadline counts from its page being opened and
+is raced against the page's crash event and the browser's disconnection, so a hostile page costs at most its deadline; the wait for a slot
 before that is the farm's and bounded on its own (render.queue_timeout_s: past it the render is "busy", unscorable),
 so a healthy page queued behind hostile ones is never judged invalid for their time.
 """
@@ -158,12 +158,10 @@ class Renderer:
 
     # -- one page -------------------------------------------------------------------------------------------------
 
-    async def _render_once(self, html: str, viewport, times, deadline_s: float, files=None,
-                           t_queued: float | None = None) -> RenderResult:
+    async def _render_once(self, html: str, viewport, times, deadline_s: float, files, t_queued: float) -> RenderResult:
         """One page: opening a slot (a context and a page cost real browser time on a loaded machine) is the farm's
         time, bounded with the wait for a slot by render.queue_timeout_s ("busy"); the page's own deadline counts
         from then and covers loading, the screenshots and the DOM summary."""
-        t_queued = time.perf_counter() if t_queued is None else t_queued
         async with self._lock:
             await self._ensure_browser()
             gone = self._gone

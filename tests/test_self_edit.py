@@ -124,33 +124,44 @@ def test_without_an_html_block_the_next_round_asks_for_the_whole_page(tok):
     assert res.html == FIXED and res.page.valid and res.stop == "no_change"
 
 
-def test_training_revises_in_the_words_and_format_inference_uses(tok):
-    """revision.format=edits: the training loop asks for a revision with the self-edit cycle's own message, applies
-    the edit reply to its best page, and trains on the reply's tokens; the same verdict at inference reads the same."""
-    first_text = f"```html\n{FIXED}\n```"
-    reply = edit("Bakery", "Bakery menu")
-    revision = RevisionConfig(format="edits", edit_max_new_tokens=40)
+def asked(tok, context: list[int], first_text: str) -> str:
+    """What a revision request read: the context past the prompt and the first reply, decoded."""
+    conv = Conversation(tok, RolloutConfig().system_prompt, RolloutConfig().feedback_role)
+    first_ids = tok(first_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return tok.decode(context[len(conv.prompt_ids(TASK["prompt"])) + len(first_ids):])
+
+
+def train_one_revision(tok, first_text: str, reply: str, revision: RevisionConfig):
+    """One training trajectory: the first page, then one revision (critic 40, then 55) -> (trajectory, the scripted
+    policy, what its revision request read)."""
     cfg = RolloutConfig(group_size=1, max_turns=2, max_resamples=1, temperature=0.0)
     conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
     policy = ScriptedPolicy(tok, [reply])
-    prompt = conv.prompt_ids(TASK["prompt"])
     first_ids = tok(first_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     first = Completion(first_ids, [0.0] * len(first_ids), first_text, True)
 
     async def train():
         async with Renderer() as r:
-            return await run_trajectory(TASK, 0, first, prompt, conv, policy, r.render, ScriptedCritic([40, 55]),
-                                        cfg, revision)
+            return await run_trajectory(TASK, 0, first, conv.prompt_ids(TASK["prompt"]), conv, policy, r.render,
+                                        ScriptedCritic([40, 55]), cfg, revision)
     traj = run(train())
+    return traj, policy, asked(tok, policy.contexts[0], first_text)
+
+
+def test_training_revises_in_the_words_and_format_inference_uses(tok):
+    """revision.format=edits: the training loop asks for a revision with the self-edit cycle's own message, applies
+    the edit reply to its best page, and trains on the reply's tokens; the same verdict at inference reads the same."""
+    first_text, reply = f"```html\n{FIXED}\n```", edit("Bakery", "Bakery menu")
+    traj, policy, asked_in_training = train_one_revision(tok, first_text, reply,
+                                                         RevisionConfig(format="edits", edit_max_new_tokens=40))
     assert [(a.kind, a.accepted, a.score) for a in traj.attempts] == [("page", True, 40), ("edits", True, 55)]
     assert traj.attempts[1].fmt == 1.0 and traj.final_score == 55 and policy.calls[0][1] == 40
     reply_ids = tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert traj.token_ids[-len(reply_ids):] == reply_ids and traj.loss_mask[-len(reply_ids):] == [1] * len(reply_ids)
-    asked_in_training = tok.decode(policy.contexts[0][len(prompt) + len(first_ids):])
 
     res, inference = cycle(tok, [first_text, reply, "NO CHANGES"], ScriptedCritic([40, 55]))
     assert res.html == FIXED.replace("Bakery", "Bakery menu")
-    asked_at_inference = tok.decode(inference.contexts[1][len(prompt) + len(first_ids):])
+    asked_at_inference = asked(tok, inference.contexts[1], first_text)
     assert asked_in_training == asked_at_inference and ASK["edits"] in asked_in_training
 
 
@@ -187,21 +198,9 @@ def test_inference_reads_the_training_context_without_the_critic(tok):
     """One revision context: the message a critic-free self-edit round reads is the training loop's, less the
     critic's verdict (the render report is what both see)."""
     first_text = f"```html\n{FIXED}\n```"
-    cfg = RolloutConfig(group_size=1, max_turns=2, max_resamples=1, temperature=0.0)
-    conv = Conversation(tok, cfg.system_prompt, cfg.feedback_role)
-    policy = ScriptedPolicy(tok, [f"```html\n{FIXED}\n```"])
-    prompt = conv.prompt_ids(TASK["prompt"])
-    first_ids = tok(first_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    first = Completion(first_ids, [0.0] * len(first_ids), first_text, True)
-
-    async def train():
-        async with Renderer() as r:
-            return await run_trajectory(TASK, 0, first, prompt, conv, policy, r.render, ScriptedCritic([40, 55]),
-                                        cfg, RevisionConfig(format="page"))
-    run(train())
-    in_training = tok.decode(policy.contexts[0][len(prompt) + len(first_ids):])
+    _, _, in_training = train_one_revision(tok, first_text, first_text, RevisionConfig(format="page"))
     _, inference = cycle(tok, [first_text, "NO CHANGES"], revision=RevisionConfig(format="page"))
-    at_inference = tok.decode(inference.contexts[1][len(prompt) + len(first_ids):])
+    at_inference = asked(tok, inference.contexts[1], first_text)
     verdict = "A reviewer scored it 40/100: feedback after 40\n"
     assert verdict in in_training and in_training.replace(verdict, "") == at_inference, (in_training, at_inference)
     assert "The page rendered." in at_inference and "words of text" in at_inference and "<|im_start|>user" in at_inference
